@@ -1,0 +1,321 @@
+#include "autograd/ops.h"
+
+#include <numeric>
+
+#include "tensor/copy.h"
+#include "tensor/creation.h"
+#include "tensor/index.h"
+#include "tensor/matmul.h"
+#include "tensor/reduce.h"
+#include "tensor/softmax.h"
+#include "tensor/view.h"
+
+namespace longnet {
+
+using Grads = std::vector<Tensor>;
+
+namespace {
+
+bool needs(const Variable& v) { return v.requires_grad(); }
+
+// The gradient of a view: g written into zeros of the source's shape through the same view.
+template <class View>
+Tensor through_view(const Tensor& source, const Tensor& g, View view) {
+  Tensor out = zeros_like(source);
+  copy_(view(out), g);
+  return out;
+}
+
+Tensor like(const Tensor& t, double value) { return scalar(value, {t.dtype(), t.device()}); }
+
+}  // namespace
+
+Variable unary(UnaryOp op, const Variable& x) {
+  LN_CHECK(op != UnaryOp::gelu_grad, "gelu_grad is not differentiable");
+  Tensor xd = x.data();
+  Tensor y = unary(op, xd);
+  return make_result(y, {x}, name(op), [op, xd, y](const Tensor& g) -> Grads {
+    switch (op) {
+      case UnaryOp::neg: return {neg(g)};
+      case UnaryOp::abs: return {mul(g, sign(xd))};
+      case UnaryOp::sign: return {zeros_like(xd)};
+      case UnaryOp::square: return {mul(g, mul(xd, 2.0))};
+      case UnaryOp::relu: return {mul(g, gt(xd, 0.0))};
+      case UnaryOp::exp: return {mul(g, y)};
+      case UnaryOp::log: return {div(g, xd)};
+      case UnaryOp::sqrt: return {div(mul(g, 0.5), y)};
+      case UnaryOp::rsqrt: return {mul(mul(g, -0.5), mul(y, square(y)))};
+      case UnaryOp::reciprocal: return {neg(mul(g, square(y)))};
+      case UnaryOp::tanh: return {mul(g, sub(like(y, 1.0), square(y)))};
+      case UnaryOp::sigmoid: return {mul(g, mul(y, sub(like(y, 1.0), y)))};
+      case UnaryOp::gelu: return {mul(g, unary(UnaryOp::gelu_grad, xd))};
+      case UnaryOp::gelu_grad: break;
+    }
+    return {Tensor()};
+  });
+}
+
+Variable binary(BinaryOp op, const Variable& a, const Variable& b) {
+  Tensor ad = a.data();
+  Tensor bd = b.data();
+  Tensor y = binary(op, ad, bd);
+  bool comparison = op >= BinaryOp::eq && op <= BinaryOp::ge;
+  if (comparison) return Variable(y);  // piecewise constant: no gradient flows
+  bool ga = needs(a);
+  bool gb = needs(b);
+  return make_result(y, {a, b}, name(op), [=](const Tensor& g) -> Grads {
+    Tensor da;
+    Tensor db;
+    switch (op) {
+      case BinaryOp::add:
+        da = g;
+        db = g;
+        break;
+      case BinaryOp::sub:
+        da = g;
+        if (gb) db = neg(g);
+        break;
+      case BinaryOp::mul:
+        if (ga) da = mul(g, bd);
+        if (gb) db = mul(g, ad);
+        break;
+      case BinaryOp::div:
+        if (ga) da = div(g, bd);
+        if (gb) db = neg(div(mul(g, y), bd));
+        break;
+      case BinaryOp::pow:
+        if (ga) da = mul(g, mul(bd, pow(ad, sub(bd, like(bd, 1.0)))));
+        if (gb) db = mul(g, mul(y, log(ad)));
+        break;
+      case BinaryOp::maximum:
+      case BinaryOp::minimum: {
+        // The winner takes the gradient; a tie splits it evenly.
+        BinaryOp wins = op == BinaryOp::maximum ? BinaryOp::gt : BinaryOp::lt;
+        Tensor half = mul(binary(BinaryOp::eq, ad, bd), 0.5);
+        if (ga) da = mul(g, add(binary(wins, ad, bd), half));
+        if (gb) db = mul(g, add(binary(wins, bd, ad), half));
+        break;
+      }
+      default:
+        break;
+    }
+    return {ga && da.defined() ? sum_to(da, ad.shape()) : Tensor(),
+            gb && db.defined() ? sum_to(db, bd.shape()) : Tensor()};
+  });
+}
+
+Variable add(const Variable& x, double s) {
+  return add(x, Variable(scalar(s, {x.dtype(), x.device()})));
+}
+Variable mul(const Variable& x, double s) {
+  return mul(x, Variable(scalar(s, {x.dtype(), x.device()})));
+}
+Variable pow(const Variable& x, double s) {
+  return pow(x, Variable(scalar(s, {x.dtype(), x.device()})));
+}
+
+Variable where(const Tensor& cond, const Variable& a, const Variable& b) {
+  Tensor ad = a.data();
+  Tensor bd = b.data();
+  return make_result(where(cond, ad, bd), {a, b}, "where", [=](const Tensor& g) -> Grads {
+    Tensor zero = like(g, 0.0);
+    return {sum_to(where(cond, g, zero), ad.shape()), sum_to(where(cond, zero, g), bd.shape())};
+  });
+}
+
+namespace {
+
+// g of a reduction output, viewed with the reduced dims kept as size 1 and expanded back.
+Tensor expand_reduced(const Tensor& g, const Shape& input, const std::vector<std::int64_t>& dims) {
+  auto nd = static_cast<std::int64_t>(input.size());
+  Shape kept = input;
+  for (std::int64_t d = 0; d < nd; ++d) {
+    bool reduced = dims.empty();
+    for (auto r : dims) reduced = reduced || wrap_dim(r, nd, "sum") == d;
+    if (reduced) kept[d] = 1;
+  }
+  return expand(reshape(g, kept), input);
+}
+
+}  // namespace
+
+Variable sum(const Variable& x, const std::vector<std::int64_t>& dims, bool keepdim) {
+  Shape shape = x.shape();
+  return make_result(sum(x.data(), dims, keepdim), {x}, "sum", [=](const Tensor& g) -> Grads {
+    return {expand_reduced(g, shape, dims)};
+  });
+}
+
+Variable mean(const Variable& x, const std::vector<std::int64_t>& dims, bool keepdim) {
+  Shape shape = x.shape();
+  Tensor y = mean(x.data(), dims, keepdim);
+  double count = static_cast<double>(numel(shape)) / static_cast<double>(std::max<std::int64_t>(y.numel(), 1));
+  return make_result(y, {x}, "mean", [=](const Tensor& g) -> Grads {
+    return {expand_reduced(mul(g, 1.0 / count), shape, dims)};
+  });
+}
+
+Variable max(const Variable& x, std::int64_t dim, bool keepdim) {
+  Tensor xd = x.data();
+  auto d = wrap_dim(dim, x.dim(), "max");
+  MaxResult r = max(xd, d, true);
+  Tensor values = keepdim ? r.values : squeeze(r.values, d);
+  Tensor indices = r.indices;
+  return make_result(values, {x}, "max", [=](const Tensor& g) -> Grads {
+    Tensor gk = keepdim ? g : unsqueeze(g, d);
+    return {scatter_add(zeros_like(xd), d, indices, contiguous(gk))};
+  });
+}
+
+Variable matmul(const Variable& a, const Variable& b) {
+  Tensor ad = a.data();
+  Tensor bd = b.data();
+  bool ga = needs(a);
+  bool gb = needs(b);
+  return make_result(matmul(ad, bd), {a, b}, "matmul", [=](const Tensor& g) -> Grads {
+    return {ga ? sum_to(matmul(g, transpose(bd, -1, -2)), ad.shape()) : Tensor(),
+            gb ? sum_to(matmul(transpose(ad, -1, -2), g), bd.shape()) : Tensor()};
+  });
+}
+
+Variable softmax(const Variable& x, std::int64_t dim) {
+  Tensor y = softmax(x.data(), dim);
+  return make_result(y, {x}, "softmax",
+                     [=](const Tensor& g) -> Grads { return {softmax_backward(y, g, dim)}; });
+}
+
+Variable log_softmax(const Variable& x, std::int64_t dim) {
+  Tensor y = log_softmax(x.data(), dim);
+  return make_result(y, {x}, "log_softmax",
+                     [=](const Tensor& g) -> Grads { return {log_softmax_backward(y, g, dim)}; });
+}
+
+Variable gather(const Variable& x, std::int64_t dim, const Tensor& index) {
+  Tensor xd = x.data();
+  return make_result(gather(xd, dim, index), {x}, "gather", [=](const Tensor& g) -> Grads {
+    return {scatter_add(zeros_like(xd), dim, index, g)};
+  });
+}
+
+Variable scatter_add(const Variable& x, std::int64_t dim, const Tensor& index, const Variable& src) {
+  Tensor sd = src.data();
+  bool gs = needs(src);
+  return make_result(scatter_add(x.data(), dim, index, sd), {x, src}, "scatter_add",
+                     [=](const Tensor& g) -> Grads {
+                       if (!gs) return {g, Tensor()};
+                       Tensor picked = gather(g, dim, index);
+                       if (picked.shape() == sd.shape()) return {g, picked};
+                       // src larger than index: its other elements were never added.
+                       return {g, through_view(sd, picked, [&](const Tensor& t) {
+                                 Tensor v = t;
+                                 for (std::int64_t d = 0; d < v.dim(); ++d) {
+                                   v = narrow(v, d, 0, index.shape()[d]);
+                                 }
+                                 return v;
+                               })};
+                     });
+}
+
+Variable index_select(const Variable& x, std::int64_t dim, const Tensor& index) {
+  Tensor xd = x.data();
+  return make_result(index_select(xd, dim, index), {x}, "index_select",
+                     [=](const Tensor& g) -> Grads {
+                       return {index_add(zeros_like(xd), dim, index, contiguous(g))};
+                     });
+}
+
+Variable index_add(const Variable& x, std::int64_t dim, const Tensor& index, const Variable& src) {
+  return make_result(index_add(x.data(), dim, index, src.data()), {x, src}, "index_add",
+                     [=](const Tensor& g) -> Grads { return {g, index_select(g, dim, index)}; });
+}
+
+Variable concat(const std::vector<Variable>& xs, std::int64_t dim) {
+  std::vector<Tensor> data;
+  std::vector<std::int64_t> sizes;
+  for (const auto& x : xs) data.push_back(x.data());
+  Tensor y = concat(data, dim);
+  auto d = wrap_dim(dim, y.dim(), "concat");
+  for (const auto& t : data) sizes.push_back(t.shape()[d]);
+  return make_result(y, xs, "concat", [=](const Tensor& g) -> Grads { return split(g, sizes, d); });
+}
+
+std::vector<Variable> split(const Variable& x, const std::vector<std::int64_t>& sizes,
+                            std::int64_t dim) {
+  auto d = wrap_dim(dim, x.dim(), "split");
+  split(x.data(), sizes, d);  // validates the sizes
+  std::vector<Variable> out;
+  std::int64_t at = 0;
+  for (auto s : sizes) {
+    out.push_back(narrow(x, d, at, s));
+    at += s;
+  }
+  return out;
+}
+
+Variable reshape(const Variable& x, Shape shape) {
+  Shape from = x.shape();
+  return make_result(reshape(x.data(), std::move(shape)), {x}, "reshape",
+                     [=](const Tensor& g) -> Grads { return {reshape(g, from)}; });
+}
+
+Variable flatten(const Variable& x) { return reshape(x, {x.numel()}); }
+
+Variable transpose(const Variable& x, std::int64_t dim0, std::int64_t dim1) {
+  return make_result(transpose(x.data(), dim0, dim1), {x}, "transpose",
+                     [=](const Tensor& g) -> Grads { return {transpose(g, dim0, dim1)}; });
+}
+
+Variable permute(const Variable& x, const std::vector<std::int64_t>& dims) {
+  Tensor y = permute(x.data(), dims);
+  std::vector<std::int64_t> inverse(dims.size());
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    inverse[wrap_dim(dims[i], x.dim(), "permute")] = static_cast<std::int64_t>(i);
+  }
+  return make_result(y, {x}, "permute", [=](const Tensor& g) -> Grads { return {permute(g, inverse)}; });
+}
+
+Variable slice(const Variable& x, std::int64_t dim, std::int64_t start, std::int64_t end,
+               std::int64_t step) {
+  Tensor xd = x.data();
+  return make_result(slice(xd, dim, start, end, step), {x}, "slice", [=](const Tensor& g) -> Grads {
+    return {through_view(xd, g, [&](const Tensor& t) { return slice(t, dim, start, end, step); })};
+  });
+}
+
+Variable narrow(const Variable& x, std::int64_t dim, std::int64_t start, std::int64_t length) {
+  Tensor xd = x.data();
+  return make_result(narrow(xd, dim, start, length), {x}, "narrow", [=](const Tensor& g) -> Grads {
+    return {through_view(xd, g, [&](const Tensor& t) { return narrow(t, dim, start, length); })};
+  });
+}
+
+Variable expand(const Variable& x, const Shape& shape) {
+  Shape from = x.shape();
+  return make_result(expand(x.data(), shape), {x}, "expand",
+                     [=](const Tensor& g) -> Grads { return {sum_to(g, from)}; });
+}
+
+Variable unsqueeze(const Variable& x, std::int64_t dim) {
+  auto d = wrap_dim(dim, x.dim() + 1, "unsqueeze");
+  return make_result(unsqueeze(x.data(), d), {x}, "unsqueeze",
+                     [=](const Tensor& g) -> Grads { return {squeeze(g, d)}; });
+}
+
+Variable squeeze(const Variable& x, std::int64_t dim) {
+  auto d = wrap_dim(dim, x.dim(), "squeeze");
+  return make_result(squeeze(x.data(), d), {x}, "squeeze",
+                     [=](const Tensor& g) -> Grads { return {unsqueeze(g, d)}; });
+}
+
+Variable contiguous(const Variable& x) {
+  return make_result(contiguous(x.data()), {x}, "contiguous",
+                     [](const Tensor& g) -> Grads { return {g}; });
+}
+
+Variable to(const Variable& x, DType dtype) {
+  DType from = x.dtype();
+  return make_result(to(x.data(), dtype), {x}, "to",
+                     [=](const Tensor& g) -> Grads { return {to(g, from)}; });
+}
+
+}  // namespace longnet

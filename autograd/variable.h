@@ -1,0 +1,92 @@
+// Variable: a Tensor plus, when it takes part in differentiation, a gradient and the graph
+// node that produced it. Copying a Variable copies the handle (like Tensor).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "tensor/tensor.h"
+
+namespace longnet {
+
+struct Node;
+struct VariableImpl;
+
+class Variable {
+ public:
+  Variable() = default;
+  // A leaf. requires_grad makes backward() accumulate into grad(); data must be floating.
+  explicit Variable(Tensor data, bool requires_grad = false);
+
+  bool defined() const { return impl_ != nullptr; }
+  const Tensor& data() const;
+  // The accumulated gradient of a leaf (undefined until a backward reaches it).
+  const Tensor& grad() const;
+  void set_grad(Tensor grad) const;
+  void zero_grad() const;  // drops the gradient
+  bool requires_grad() const;
+  void set_requires_grad(bool requires_grad) const;
+  bool is_leaf() const;
+  // Keep the gradient of this non-leaf after backward (for inspection and tests).
+  void retain_grad() const;
+  const std::shared_ptr<Node>& grad_fn() const;
+
+  const Shape& shape() const { return data().shape(); }
+  std::int64_t dim() const { return data().dim(); }
+  std::int64_t size(std::int64_t d) const { return data().size(d); }
+  std::int64_t numel() const { return data().numel(); }
+  DType dtype() const { return data().dtype(); }
+  Device device() const { return data().device(); }
+
+  // Reverse-mode pass from this variable. grad defaults to 1 for a one-element variable.
+  // The graph's saved tensors are freed afterwards unless keep_graph.
+  void backward(const Tensor& grad = {}, bool keep_graph = false) const;
+
+  // Same data, cut from the graph, requires no gradient.
+  Variable detach() const;
+
+  VariableImpl* impl() const { return impl_.get(); }
+
+ private:
+  friend Variable make_result(Tensor, std::vector<Variable>, const char*,
+                              std::function<std::vector<Tensor>(const Tensor&)>);
+  std::shared_ptr<VariableImpl> impl_;
+};
+
+// One recorded op: its inputs and the function from the output's gradient to one
+// gradient per input (undefined where an input needs none).
+struct Node {
+  const char* op = "";
+  std::vector<Variable> inputs;
+  std::function<std::vector<Tensor>(const Tensor&)> backward;
+  bool released = false;
+};
+
+struct VariableImpl {
+  Tensor data;
+  Tensor grad;
+  bool requires_grad = false;
+  bool retain_grad = false;
+  std::shared_ptr<Node> grad_fn;
+};
+
+// Wraps an op's output: records a node when grad mode is on and an input requires grad.
+Variable make_result(Tensor out, std::vector<Variable> inputs, const char* op,
+                     std::function<std::vector<Tensor>(const Tensor&)> backward);
+
+// Gradient recording is on by default, per thread. While a NoGradGuard lives, ops record
+// nothing (evaluation, sampling, optimizer updates).
+bool grad_enabled();
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+}  // namespace longnet

@@ -1,0 +1,64 @@
+// Elementwise ops with numpy broadcasting. Operands of a binary op share one dtype and one
+// device; the result is contiguous with the broadcast shape. Comparisons return 0/1 in the
+// operands' dtype. Ops marked "floating" reject integer dtypes.
+#pragma once
+
+#include "tensor/tensor.h"
+
+namespace longnet {
+
+enum class UnaryOp {
+  neg, abs, sign, square, relu,                    // any dtype
+  exp, log, sqrt, rsqrt, reciprocal, tanh, sigmoid,  // floating
+  gelu,       // x * Phi(x), the exact (erf) form
+  gelu_grad,  // d gelu / dx
+};
+
+enum class BinaryOp {
+  add, sub, mul, maximum, minimum,  // any dtype; maximum/minimum propagate NaN
+  eq, lt, le, gt, ge,               // any dtype
+  div, pow,                         // floating
+};
+
+const char* name(UnaryOp op);
+const char* name(BinaryOp op);
+
+Tensor unary(UnaryOp op, const Tensor& x);
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
+// Writes op(a, b) into out, whose shape must be the broadcast shape. out may be a or b.
+void binary_out(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
+// cond != 0 ? a : b, broadcasting all three; cond may have any dtype.
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+
+// dst += src in place (src broadcasts to dst).
+void add_(const Tensor& dst, const Tensor& src);
+
+inline Tensor neg(const Tensor& x) { return unary(UnaryOp::neg, x); }
+inline Tensor abs(const Tensor& x) { return unary(UnaryOp::abs, x); }
+inline Tensor sign(const Tensor& x) { return unary(UnaryOp::sign, x); }
+inline Tensor square(const Tensor& x) { return unary(UnaryOp::square, x); }
+inline Tensor relu(const Tensor& x) { return unary(UnaryOp::relu, x); }
+inline Tensor exp(const Tensor& x) { return unary(UnaryOp::exp, x); }
+inline Tensor log(const Tensor& x) { return unary(UnaryOp::log, x); }
+inline Tensor sqrt(const Tensor& x) { return unary(UnaryOp::sqrt, x); }
+inline Tensor rsqrt(const Tensor& x) { return unary(UnaryOp::rsqrt, x); }
+inline Tensor reciprocal(const Tensor& x) { return unary(UnaryOp::reciprocal, x); }
+inline Tensor tanh(const Tensor& x) { return unary(UnaryOp::tanh, x); }
+inline Tensor sigmoid(const Tensor& x) { return unary(UnaryOp::sigmoid, x); }
+inline Tensor gelu(const Tensor& x) { return unary(UnaryOp::gelu, x); }
+
+inline Tensor add(const Tensor& a, const Tensor& b) { return binary(BinaryOp::add, a, b); }
+inline Tensor sub(const Tensor& a, const Tensor& b) { return binary(BinaryOp::sub, a, b); }
+inline Tensor mul(const Tensor& a, const Tensor& b) { return binary(BinaryOp::mul, a, b); }
+inline Tensor div(const Tensor& a, const Tensor& b) { return binary(BinaryOp::div, a, b); }
+inline Tensor pow(const Tensor& a, const Tensor& b) { return binary(BinaryOp::pow, a, b); }
+inline Tensor maximum(const Tensor& a, const Tensor& b) { return binary(BinaryOp::maximum, a, b); }
+inline Tensor minimum(const Tensor& a, const Tensor& b) { return binary(BinaryOp::minimum, a, b); }
+
+// x op scalar, the scalar taking x's dtype and device.
+Tensor add(const Tensor& x, double s);
+Tensor mul(const Tensor& x, double s);
+Tensor pow(const Tensor& x, double s);
+Tensor gt(const Tensor& x, double s);
+
+}  // namespace longnet

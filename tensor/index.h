@@ -1,0 +1,24 @@
+// Indexing ops. Indices are i64 or i32 tensors on the same device; an index outside
+// [0, size) is an error that names the value and the valid range.
+#pragma once
+
+#include "tensor/tensor.h"
+
+namespace longnet {
+
+// out[..i..] = t[..index[..i..]..] along dim (torch.gather): index has t's number of dims,
+// out has index's shape, and index.size(d) <= t.size(d) for d != dim.
+Tensor gather(const Tensor& t, std::int64_t dim, const Tensor& index);
+
+// A copy of t with src[..i..] added at t[..index[..i..]..] along dim (torch.scatter_add):
+// the inverse of gather; repeated indices accumulate.
+Tensor scatter_add(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src);
+
+// The slices of t at the positions of the 1-d index along dim.
+Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index);
+
+// A copy of t with slice i of src added at slice index[i] along dim: the inverse of
+// index_select; repeated indices accumulate.
+Tensor index_add(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src);
+
+}  // namespace longnet
