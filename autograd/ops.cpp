@@ -36,20 +36,34 @@ Variable unary(UnaryOp op, const Variable& x) {
   Tensor y = unary(op, xd);
   return make_result(y, {x}, name(op), [op, xd, y](const Tensor& g) -> Grads {
     switch (op) {
-      case UnaryOp::neg: return {neg(g)};
-      case UnaryOp::abs: return {mul(g, sign(xd))};
-      case UnaryOp::sign: return {zeros_like(xd)};
-      case UnaryOp::square: return {mul(g, mul(xd, 2.0))};
-      case UnaryOp::relu: return {mul(g, gt(xd, 0.0))};
-      case UnaryOp::exp: return {mul(g, y)};
-      case UnaryOp::log: return {div(g, xd)};
-      case UnaryOp::sqrt: return {div(mul(g, 0.5), y)};
-      case UnaryOp::rsqrt: return {mul(mul(g, -0.5), mul(y, square(y)))};
-      case UnaryOp::reciprocal: return {neg(mul(g, square(y)))};
-      case UnaryOp::tanh: return {mul(g, sub(like(y, 1.0), square(y)))};
-      case UnaryOp::sigmoid: return {mul(g, mul(y, sub(like(y, 1.0), y)))};
-      case UnaryOp::gelu: return {mul(g, unary(UnaryOp::gelu_grad, xd))};
-      case UnaryOp::gelu_grad: break;
+      case UnaryOp::neg:
+        return {neg(g)};
+      case UnaryOp::abs:
+        return {mul(g, sign(xd))};
+      case UnaryOp::sign:
+        return {zeros_like(xd)};
+      case UnaryOp::square:
+        return {mul(g, mul(xd, 2.0))};
+      case UnaryOp::relu:
+        return {mul(g, gt(xd, 0.0))};
+      case UnaryOp::exp:
+        return {mul(g, y)};
+      case UnaryOp::log:
+        return {div(g, xd)};
+      case UnaryOp::sqrt:
+        return {div(mul(g, 0.5), y)};
+      case UnaryOp::rsqrt:
+        return {mul(mul(g, -0.5), mul(y, square(y)))};
+      case UnaryOp::reciprocal:
+        return {neg(mul(g, square(y)))};
+      case UnaryOp::tanh:
+        return {mul(g, sub(like(y, 1.0), square(y)))};
+      case UnaryOp::sigmoid:
+        return {mul(g, mul(y, sub(like(y, 1.0), y)))};
+      case UnaryOp::gelu:
+        return {mul(g, unary(UnaryOp::gelu_grad, xd))};
+      case UnaryOp::gelu_grad:
+        break;
     }
     return {Tensor()};
   });
@@ -141,15 +155,15 @@ Tensor expand_reduced(const Tensor& g, const Shape& input, const std::vector<std
 
 Variable sum(const Variable& x, const std::vector<std::int64_t>& dims, bool keepdim) {
   Shape shape = x.shape();
-  return make_result(sum(x.data(), dims, keepdim), {x}, "sum", [=](const Tensor& g) -> Grads {
-    return {expand_reduced(g, shape, dims)};
-  });
+  return make_result(sum(x.data(), dims, keepdim), {x}, "sum",
+                     [=](const Tensor& g) -> Grads { return {expand_reduced(g, shape, dims)}; });
 }
 
 Variable mean(const Variable& x, const std::vector<std::int64_t>& dims, bool keepdim) {
   Shape shape = x.shape();
   Tensor y = mean(x.data(), dims, keepdim);
-  double count = static_cast<double>(numel(shape)) / static_cast<double>(std::max<std::int64_t>(y.numel(), 1));
+  double count =
+      static_cast<double>(numel(shape)) / static_cast<double>(std::max<std::int64_t>(y.numel(), 1));
   return make_result(y, {x}, "mean", [=](const Tensor& g) -> Grads {
     return {expand_reduced(mul(g, 1.0 / count), shape, dims)};
   });
@@ -197,7 +211,8 @@ Variable gather(const Variable& x, std::int64_t dim, const Tensor& index) {
   });
 }
 
-Variable scatter_add(const Variable& x, std::int64_t dim, const Tensor& index, const Variable& src) {
+Variable scatter_add(const Variable& x, std::int64_t dim, const Tensor& index,
+                     const Variable& src) {
   Tensor sd = src.data();
   bool gs = needs(src);
   return make_result(scatter_add(x.data(), dim, index, sd), {x, src}, "scatter_add",
@@ -226,7 +241,9 @@ Variable index_select(const Variable& x, std::int64_t dim, const Tensor& index) 
 
 Variable index_add(const Variable& x, std::int64_t dim, const Tensor& index, const Variable& src) {
   return make_result(index_add(x.data(), dim, index, src.data()), {x, src}, "index_add",
-                     [=](const Tensor& g) -> Grads { return {g, index_select(g, dim, index)}; });
+                     [=](const Tensor& g) -> Grads {
+                       return {g, index_select(g, dim, index)};
+                     });
 }
 
 Variable concat(const std::vector<Variable>& xs, std::int64_t dim) {
@@ -271,7 +288,8 @@ Variable permute(const Variable& x, const std::vector<std::int64_t>& dims) {
   for (std::size_t i = 0; i < dims.size(); ++i) {
     inverse[wrap_dim(dims[i], x.dim(), "permute")] = static_cast<std::int64_t>(i);
   }
-  return make_result(y, {x}, "permute", [=](const Tensor& g) -> Grads { return {permute(g, inverse)}; });
+  return make_result(y, {x}, "permute",
+                     [=](const Tensor& g) -> Grads { return {permute(g, inverse)}; });
 }
 
 Variable slice(const Variable& x, std::int64_t dim, std::int64_t start, std::int64_t end,

@@ -9,7 +9,7 @@
 
 namespace longnet {
 
-Variable unary(UnaryOp op, const Variable& x);  // every UnaryOp but gelu_grad
+Variable unary(UnaryOp op, const Variable& x);                       // every UnaryOp but gelu_grad
 Variable binary(BinaryOp op, const Variable& a, const Variable& b);  // add..minimum, div, pow
 
 inline Variable neg(const Variable& x) { return unary(UnaryOp::neg, x); }

@@ -57,8 +57,8 @@ void copy_(const Tensor& dst, const Tensor& src) {
 void fill_(const Tensor& t, double value) {
   check_defined(t, "fill_");
   if (t.device().is_cuda()) {
-    LN_CHECK(t.is_contiguous(), "fill_ on a non-contiguous cuda tensor is not supported yet: ",
-             describe(t));
+    LN_CHECK(t.is_contiguous(),
+             "fill_ on a non-contiguous cuda tensor is not supported yet: ", describe(t));
     cuda::fill(t.raw_data(), t.dtype(), value, t.numel(), t.device().index);
     return;
   }
@@ -81,8 +81,8 @@ Tensor clone(const Tensor& t) {
   check_defined(t, "clone");
   Tensor out = empty(t.shape(), {t.dtype(), t.device()});
   if (t.device().is_cuda()) {
-    LN_CHECK(t.is_contiguous(), "clone of a non-contiguous cuda tensor is not supported yet: ",
-             describe(t));
+    LN_CHECK(t.is_contiguous(),
+             "clone of a non-contiguous cuda tensor is not supported yet: ", describe(t));
   }
   copy_(out, t);
   return out;

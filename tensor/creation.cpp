@@ -58,8 +58,8 @@ Tensor empty_like(const Tensor& t) { return empty(t.shape(), {t.dtype(), t.devic
 
 template <class T>
 Tensor from_data(const std::vector<T>& values, const Shape& shape, Device device) {
-  LN_CHECK(static_cast<std::int64_t>(values.size()) == numel(shape), "from_data: ",
-           values.size(), " values for shape ", str(shape), " (", numel(shape), " elements)");
+  LN_CHECK(static_cast<std::int64_t>(values.size()) == numel(shape), "from_data: ", values.size(),
+           " values for shape ", str(shape), " (", numel(shape), " elements)");
   Tensor host = empty(shape, {dtype_of<T>(), Device::cpu()});
   std::copy(values.begin(), values.end(), host.data<T>());
   return to(host, device);
@@ -71,8 +71,7 @@ template Tensor from_data(const std::vector<std::int32_t>&, const Shape&, Device
 template Tensor from_data(const std::vector<std::int64_t>&, const Shape&, Device);
 
 Tensor randn(const Shape& shape, Generator& gen, TensorOptions options) {
-  LN_CHECK(is_floating(options.dtype), "randn: needs a floating dtype, got ",
-           name(options.dtype));
+  LN_CHECK(is_floating(options.dtype), "randn: needs a floating dtype, got ", name(options.dtype));
   return draw(shape, gen, options, [](std::array<std::uint32_t, 4> w) {
     std::array<double, 4> out{};
     for (int pair = 0; pair < 2; ++pair) {
@@ -85,8 +84,7 @@ Tensor randn(const Shape& shape, Generator& gen, TensorOptions options) {
   });
 }
 
-Tensor uniform(const Shape& shape, double low, double high, Generator& gen,
-               TensorOptions options) {
+Tensor uniform(const Shape& shape, double low, double high, Generator& gen, TensorOptions options) {
   LN_CHECK(is_floating(options.dtype), "uniform: needs a floating dtype, got ",
            name(options.dtype));
   LN_CHECK(low < high, "uniform: low (", low, ") must be below high (", high, ")");

@@ -38,28 +38,59 @@ struct bf16 {
 };
 
 // The C++ type stored for each dtype, and the type arithmetic is done in.
-template <class T> struct compute_type { using type = T; };
-template <> struct compute_type<bf16> { using type = float; };
-template <class T> using compute_t = typename compute_type<T>::type;
+template <class T>
+struct compute_type {
+  using type = T;
+};
+template <>
+struct compute_type<bf16> {
+  using type = float;
+};
+template <class T>
+using compute_t = typename compute_type<T>::type;
 
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::f32; }
-template <> constexpr DType dtype_of<double>() { return DType::f64; }
-template <> constexpr DType dtype_of<bf16>() { return DType::bf16; }
-template <> constexpr DType dtype_of<std::int32_t>() { return DType::i32; }
-template <> constexpr DType dtype_of<std::int64_t>() { return DType::i64; }
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::f32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::f64;
+}
+template <>
+constexpr DType dtype_of<bf16>() {
+  return DType::bf16;
+}
+template <>
+constexpr DType dtype_of<std::int32_t>() {
+  return DType::i32;
+}
+template <>
+constexpr DType dtype_of<std::int64_t>() {
+  return DType::i64;
+}
 
-template <class T> struct TypeTag { using type = T; };
+template <class T>
+struct TypeTag {
+  using type = T;
+};
 
 // Calls f(TypeTag<T>{}) with T the C++ type of dtype.
 template <class F>
 decltype(auto) dispatch(DType dtype, F&& f) {
   switch (dtype) {
-    case DType::f32: return f(TypeTag<float>{});
-    case DType::f64: return f(TypeTag<double>{});
-    case DType::bf16: return f(TypeTag<bf16>{});
-    case DType::i32: return f(TypeTag<std::int32_t>{});
-    case DType::i64: break;
+    case DType::f32:
+      return f(TypeTag<float>{});
+    case DType::f64:
+      return f(TypeTag<double>{});
+    case DType::bf16:
+      return f(TypeTag<bf16>{});
+    case DType::i32:
+      return f(TypeTag<std::int32_t>{});
+    case DType::i64:
+      break;
   }
   return f(TypeTag<std::int64_t>{});
 }
@@ -67,11 +98,15 @@ decltype(auto) dispatch(DType dtype, F&& f) {
 // Like dispatch, for the floating dtypes only; other dtypes are an error naming op.
 template <class F>
 decltype(auto) dispatch_floating(DType dtype, const char* op, F&& f) {
-  LN_CHECK(is_floating(dtype), op, ": expected a floating dtype (f32, f64, bf16), got ", name(dtype));
+  LN_CHECK(is_floating(dtype), op, ": expected a floating dtype (f32, f64, bf16), got ",
+           name(dtype));
   switch (dtype) {
-    case DType::f64: return f(TypeTag<double>{});
-    case DType::bf16: return f(TypeTag<bf16>{});
-    default: break;
+    case DType::f64:
+      return f(TypeTag<double>{});
+    case DType::bf16:
+      return f(TypeTag<bf16>{});
+    default:
+      break;
   }
   return f(TypeTag<float>{});
 }

@@ -3,8 +3,8 @@
 #include <cmath>
 #include <numbers>
 
-#include "tensor/creation.h"
 #include "tensor/cpu/loop.h"
+#include "tensor/creation.h"
 
 namespace longnet {
 
@@ -16,33 +16,48 @@ bool integer_ok(BinaryOp op) { return op < BinaryOp::div; }
 template <class C>
 C apply(UnaryOp op, C x) {
   switch (op) {
-    case UnaryOp::neg: return -x;
-    case UnaryOp::abs: return x < C(0) ? -x : x;
-    case UnaryOp::sign: return static_cast<C>((C(0) < x) - (x < C(0)));
-    case UnaryOp::square: return x * x;
-    case UnaryOp::relu: return x < C(0) ? C(0) : x;  // NaN passes through
-    default: break;
+    case UnaryOp::neg:
+      return -x;
+    case UnaryOp::abs:
+      return x < C(0) ? -x : x;
+    case UnaryOp::sign:
+      return static_cast<C>((C(0) < x) - (x < C(0)));
+    case UnaryOp::square:
+      return x * x;
+    case UnaryOp::relu:
+      return x < C(0) ? C(0) : x;  // NaN passes through
+    default:
+      break;
   }
   if constexpr (std::is_floating_point_v<C>) {
     constexpr C kInvSqrt2 = C(1) / std::numbers::sqrt2_v<C>;
     constexpr C kInvSqrt2Pi = std::numbers::inv_sqrtpi_v<C> * kInvSqrt2;
     switch (op) {
-      case UnaryOp::exp: return std::exp(x);
-      case UnaryOp::log: return std::log(x);
-      case UnaryOp::sqrt: return std::sqrt(x);
-      case UnaryOp::rsqrt: return C(1) / std::sqrt(x);
-      case UnaryOp::reciprocal: return C(1) / x;
-      case UnaryOp::tanh: return std::tanh(x);
+      case UnaryOp::exp:
+        return std::exp(x);
+      case UnaryOp::log:
+        return std::log(x);
+      case UnaryOp::sqrt:
+        return std::sqrt(x);
+      case UnaryOp::rsqrt:
+        return C(1) / std::sqrt(x);
+      case UnaryOp::reciprocal:
+        return C(1) / x;
+      case UnaryOp::tanh:
+        return std::tanh(x);
       case UnaryOp::sigmoid: {
         // Split by sign so exp never overflows.
         if (x >= C(0)) return C(1) / (C(1) + std::exp(-x));
         C e = std::exp(x);
         return e / (C(1) + e);
       }
-      case UnaryOp::gelu: return C(0.5) * x * (C(1) + std::erf(x * kInvSqrt2));
+      case UnaryOp::gelu:
+        return C(0.5) * x * (C(1) + std::erf(x * kInvSqrt2));
       case UnaryOp::gelu_grad:
-        return C(0.5) * (C(1) + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(C(-0.5) * x * x);
-      default: break;
+        return C(0.5) * (C(1) + std::erf(x * kInvSqrt2)) +
+               x * kInvSqrt2Pi * std::exp(C(-0.5) * x * x);
+      default:
+        break;
     }
   }
   return x;
@@ -51,9 +66,12 @@ C apply(UnaryOp op, C x) {
 template <class C>
 C apply(BinaryOp op, C a, C b) {
   switch (op) {
-    case BinaryOp::add: return a + b;
-    case BinaryOp::sub: return a - b;
-    case BinaryOp::mul: return a * b;
+    case BinaryOp::add:
+      return a + b;
+    case BinaryOp::sub:
+      return a - b;
+    case BinaryOp::mul:
+      return a * b;
     case BinaryOp::maximum:
       if constexpr (std::is_floating_point_v<C>) {
         if (std::isnan(a) || std::isnan(b)) return a + b;
@@ -64,12 +82,18 @@ C apply(BinaryOp op, C a, C b) {
         if (std::isnan(a) || std::isnan(b)) return a + b;
       }
       return b < a ? b : a;
-    case BinaryOp::eq: return static_cast<C>(a == b);
-    case BinaryOp::lt: return static_cast<C>(a < b);
-    case BinaryOp::le: return static_cast<C>(a <= b);
-    case BinaryOp::gt: return static_cast<C>(a > b);
-    case BinaryOp::ge: return static_cast<C>(a >= b);
-    case BinaryOp::div: return a / b;
+    case BinaryOp::eq:
+      return static_cast<C>(a == b);
+    case BinaryOp::lt:
+      return static_cast<C>(a < b);
+    case BinaryOp::le:
+      return static_cast<C>(a <= b);
+    case BinaryOp::gt:
+      return static_cast<C>(a > b);
+    case BinaryOp::ge:
+      return static_cast<C>(a >= b);
+    case BinaryOp::div:
+      return a / b;
     case BinaryOp::pow:
       if constexpr (std::is_floating_point_v<C>) return std::pow(a, b);
       break;
@@ -83,21 +107,20 @@ void unary_kernel(const Tensor& x, const Tensor& out) {
   using C = compute_t<T>;
   const T* in = x.data<T>();
   T* o = out.data<T>();
-  cpu::for_each_row<2>(out.shape(), {out.strides(), x.strides()},
-                       [&](auto off, std::int64_t n, auto step) {
-                         T* po = o + off[0];
-                         const T* px = in + off[1];
-                         if (step[0] == 1 && step[1] == 1) {
-                           for (std::int64_t i = 0; i < n; ++i) {
-                             po[i] = static_cast<T>(apply<C>(Op, static_cast<C>(px[i])));
-                           }
-                         } else {
-                           for (std::int64_t i = 0; i < n; ++i) {
-                             po[i * step[0]] =
-                                 static_cast<T>(apply<C>(Op, static_cast<C>(px[i * step[1]])));
-                           }
-                         }
-                       });
+  cpu::for_each_row<2>(
+      out.shape(), {out.strides(), x.strides()}, [&](auto off, std::int64_t n, auto step) {
+        T* po = o + off[0];
+        const T* px = in + off[1];
+        if (step[0] == 1 && step[1] == 1) {
+          for (std::int64_t i = 0; i < n; ++i) {
+            po[i] = static_cast<T>(apply<C>(Op, static_cast<C>(px[i])));
+          }
+        } else {
+          for (std::int64_t i = 0; i < n; ++i) {
+            po[i * step[0]] = static_cast<T>(apply<C>(Op, static_cast<C>(px[i * step[1]])));
+          }
+        }
+      });
 }
 
 template <class T, BinaryOp Op>
@@ -108,28 +131,27 @@ void binary_kernel(const Tensor& a, const Tensor& b, const Tensor& out) {
   T* o = out.data<T>();
   Strides sa = cpu::broadcast_strides(a, out.shape());
   Strides sb = cpu::broadcast_strides(b, out.shape());
-  cpu::for_each_row<3>(out.shape(), {out.strides(), sa, sb},
-                       [&](auto off, std::int64_t n, auto step) {
-                         T* po = o + off[0];
-                         const T* x = pa + off[1];
-                         const T* y = pb + off[2];
-                         if (step[0] == 1 && step[1] == 1 && step[2] == 1) {
-                           for (std::int64_t i = 0; i < n; ++i) {
-                             po[i] = static_cast<T>(
-                                 apply<C>(Op, static_cast<C>(x[i]), static_cast<C>(y[i])));
-                           }
-                         } else if (step[0] == 1 && step[1] == 1 && step[2] == 0) {
-                           auto yv = static_cast<C>(y[0]);
-                           for (std::int64_t i = 0; i < n; ++i) {
-                             po[i] = static_cast<T>(apply<C>(Op, static_cast<C>(x[i]), yv));
-                           }
-                         } else {
-                           for (std::int64_t i = 0; i < n; ++i) {
-                             po[i * step[0]] = static_cast<T>(apply<C>(
-                                 Op, static_cast<C>(x[i * step[1]]), static_cast<C>(y[i * step[2]])));
-                           }
-                         }
-                       });
+  cpu::for_each_row<3>(
+      out.shape(), {out.strides(), sa, sb}, [&](auto off, std::int64_t n, auto step) {
+        T* po = o + off[0];
+        const T* x = pa + off[1];
+        const T* y = pb + off[2];
+        if (step[0] == 1 && step[1] == 1 && step[2] == 1) {
+          for (std::int64_t i = 0; i < n; ++i) {
+            po[i] = static_cast<T>(apply<C>(Op, static_cast<C>(x[i]), static_cast<C>(y[i])));
+          }
+        } else if (step[0] == 1 && step[1] == 1 && step[2] == 0) {
+          auto yv = static_cast<C>(y[0]);
+          for (std::int64_t i = 0; i < n; ++i) {
+            po[i] = static_cast<T>(apply<C>(Op, static_cast<C>(x[i]), yv));
+          }
+        } else {
+          for (std::int64_t i = 0; i < n; ++i) {
+            po[i * step[0]] = static_cast<T>(
+                apply<C>(Op, static_cast<C>(x[i * step[1]]), static_cast<C>(y[i * step[2]])));
+          }
+        }
+      });
 }
 
 template <class T, std::size_t... I>
@@ -152,23 +174,23 @@ constexpr std::size_t kBinaryOps = static_cast<std::size_t>(BinaryOp::pow) + 1;
 }  // namespace
 
 const char* name(UnaryOp op) {
-  static constexpr const char* kNames[] = {"neg",  "abs",        "sign", "square",  "relu",
-                                           "exp",  "log",        "sqrt", "rsqrt",   "reciprocal",
-                                           "tanh", "sigmoid",    "gelu", "gelu_grad"};
+  static constexpr const char* kNames[] = {"neg",  "abs",     "sign", "square",   "relu",
+                                           "exp",  "log",     "sqrt", "rsqrt",    "reciprocal",
+                                           "tanh", "sigmoid", "gelu", "gelu_grad"};
   return kNames[static_cast<int>(op)];
 }
 
 const char* name(BinaryOp op) {
-  static constexpr const char* kNames[] = {"add", "sub", "mul", "maximum", "minimum", "eq", "lt",
-                                           "le",  "gt",  "ge",  "div",     "pow"};
+  static constexpr const char* kNames[] = {"add", "sub", "mul", "maximum", "minimum", "eq",
+                                           "lt",  "le",  "gt",  "ge",      "div",     "pow"};
   return kNames[static_cast<int>(op)];
 }
 
 Tensor unary(UnaryOp op, const Tensor& x) {
   check_defined(x, name(op));
   check_cpu(x, name(op));
-  LN_CHECK(integer_ok(op) || is_floating(x.dtype()), name(op),
-           ": needs a floating dtype, got ", describe(x));
+  LN_CHECK(integer_ok(op) || is_floating(x.dtype()), name(op), ": needs a floating dtype, got ",
+           describe(x));
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   dispatch(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -184,8 +206,8 @@ void binary_out(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out
   check_same_dtype(a, out, name(op));
   check_same_device(a, b, name(op));
   check_cpu(a, name(op));
-  LN_CHECK(integer_ok(op) || is_floating(a.dtype()), name(op),
-           ": needs a floating dtype, got ", describe(a));
+  LN_CHECK(integer_ok(op) || is_floating(a.dtype()), name(op), ": needs a floating dtype, got ",
+           describe(a));
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name(op));
   LN_CHECK(out.shape() == shape, name(op), ": output ", describe(out), " for broadcast shape ",
            str(shape));
@@ -213,8 +235,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_device(a, b, "where");
   check_same_device(cond, a, "where");
   check_cpu(a, "where");
-  Shape shape = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(),
-                                 "where");
+  Shape shape =
+      broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   Tensor out = empty(shape, {a.dtype(), a.device()});
   std::array<Strides, 4> strides = {out.strides(), cpu::broadcast_strides(cond, shape),
                                     cpu::broadcast_strides(a, shape),

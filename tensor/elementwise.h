@@ -8,16 +8,35 @@
 namespace longnet {
 
 enum class UnaryOp {
-  neg, abs, sign, square, relu,                    // any dtype
-  exp, log, sqrt, rsqrt, reciprocal, tanh, sigmoid,  // floating
+  neg,
+  abs,
+  sign,
+  square,
+  relu,  // any dtype
+  exp,
+  log,
+  sqrt,
+  rsqrt,
+  reciprocal,
+  tanh,
+  sigmoid,    // floating
   gelu,       // x * Phi(x), the exact (erf) form
   gelu_grad,  // d gelu / dx
 };
 
 enum class BinaryOp {
-  add, sub, mul, maximum, minimum,  // any dtype; maximum/minimum propagate NaN
-  eq, lt, le, gt, ge,               // any dtype
-  div, pow,                         // floating
+  add,
+  sub,
+  mul,
+  maximum,
+  minimum,  // any dtype; maximum/minimum propagate NaN
+  eq,
+  lt,
+  le,
+  gt,
+  ge,  // any dtype
+  div,
+  pow,  // floating
 };
 
 const char* name(UnaryOp op);

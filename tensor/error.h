@@ -23,7 +23,7 @@ std::string cat(const Parts&... parts) {
 }  // namespace longnet
 
 // Throws longnet::Error with the streamed parts when cond is false.
-#define LN_CHECK(cond, ...)                                   \
-  do {                                                        \
+#define LN_CHECK(cond, ...)                                           \
+  do {                                                                \
     if (!(cond)) throw ::longnet::Error(::longnet::cat(__VA_ARGS__)); \
   } while (0)

@@ -35,8 +35,8 @@ void dispatch_index(DType dtype, F f) {
 }
 
 void check_gather_shapes(const Tensor& t, std::int64_t d, const Tensor& index, const char* op) {
-  LN_CHECK(index.dim() == t.dim(), op, ": index ", describe(index), " needs the same number of dims as ",
-           describe(t));
+  LN_CHECK(index.dim() == t.dim(), op, ": index ", describe(index),
+           " needs the same number of dims as ", describe(t));
   for (std::int64_t i = 0; i < t.dim(); ++i) {
     LN_CHECK(i == d || index.shape()[i] <= t.shape()[i], op, ": index ", describe(index),
              " is larger than ", describe(t), " in dim ", i);
@@ -86,8 +86,9 @@ Tensor gather(const Tensor& t, std::int64_t dim, const Tensor& index) {
     const T* in = t.data<T>();
     T* o = out.data<T>();
     std::int64_t stride = t.strides()[d];
-    walk_indexed(out.strides(), t.strides(), t.shape()[d], d, index, "gather", true,
-                 [&](std::int64_t at, std::int64_t base, std::int64_t v) { o[at] = in[base + v * stride]; });
+    walk_indexed(
+        out.strides(), t.strides(), t.shape()[d], d, index, "gather", true,
+        [&](std::int64_t at, std::int64_t base, std::int64_t v) { o[at] = in[base + v * stride]; });
   });
   return out;
 }
@@ -131,8 +132,9 @@ Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index) {
     const T* in = t.data<T>();
     T* o = out.data<T>();
     std::int64_t stride = t.strides()[d];
-    walk_indexed(out.strides(), t.strides(), t.shape()[d], d, full_idx, "index_select", true,
-                 [&](std::int64_t at, std::int64_t base, std::int64_t v) { o[at] = in[base + v * stride]; });
+    walk_indexed(
+        out.strides(), t.strides(), t.shape()[d], d, full_idx, "index_select", true,
+        [&](std::int64_t at, std::int64_t base, std::int64_t v) { o[at] = in[base + v * stride]; });
   });
   return out;
 }

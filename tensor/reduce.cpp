@@ -17,7 +17,7 @@ struct Plan {
   Strides kept_strides;
   Shape reduced_shape;
   Strides reduced_strides;
-  Shape out_shape;  // with or without the size-1 reduced dims
+  Shape out_shape;         // with or without the size-1 reduced dims
   std::int64_t count = 1;  // elements reduced into each output
 };
 
@@ -101,7 +101,8 @@ Tensor sum(const Tensor& t, const std::vector<std::int64_t>& dims, bool keepdim)
     T* o = out.data<T>();
     for_each_output(p, [&](std::int64_t base, std::int64_t at) {
       Acc acc = 0;
-      walk(reduced, base, [&](std::int64_t k) { acc += static_cast<Acc>(static_cast<compute_t<T>>(in[k])); });
+      walk(reduced, base,
+           [&](std::int64_t k) { acc += static_cast<Acc>(static_cast<compute_t<T>>(in[k])); });
       o[at] = static_cast<T>(static_cast<compute_t<T>>(acc));
     });
   });

@@ -12,8 +12,8 @@ namespace {
 // Runs row(in..., out, n, in_steps..., out_step) for every 1-d line along dim, with
 // the lines split over threads. The inputs share out's shape.
 template <std::size_t K, class Row>
-void for_each_line(const std::array<const Tensor*, K>& inputs, const Tensor& out,
-                   std::int64_t dim, Row row) {
+void for_each_line(const std::array<const Tensor*, K>& inputs, const Tensor& out, std::int64_t dim,
+                   Row row) {
   Shape outer = out.shape();
   outer[dim] = 1;
   std::array<Strides, K + 1> strides;
@@ -53,11 +53,13 @@ Tensor forward(const Tensor& x, std::int64_t dim, const char* op) {
       // A row of -inf stays finite-free: subtracting 0 keeps exp(-inf) = 0.
       if (std::isinf(hi) && hi < 0) hi = 0;
       C total = 0;
-      for (std::int64_t i = 0; i < n; ++i) total += std::exp(static_cast<C>(in[at[1] + i * sx]) - hi);
+      for (std::int64_t i = 0; i < n; ++i)
+        total += std::exp(static_cast<C>(in[at[1] + i * sx]) - hi);
       if constexpr (kind == Kind::softmax) {
         C inv = C(1) / total;
         for (std::int64_t i = 0; i < n; ++i) {
-          o[at[0] + i * so] = static_cast<T>(std::exp(static_cast<C>(in[at[1] + i * sx]) - hi) * inv);
+          o[at[0] + i * so] =
+              static_cast<T>(std::exp(static_cast<C>(in[at[1] + i * sx]) - hi) * inv);
         }
       } else {
         // (x - max) - log(total), not x - (max + log(total)): the latter cancels badly.

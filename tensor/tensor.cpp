@@ -6,8 +6,8 @@
 
 namespace longnet {
 
-Tensor::Tensor(std::shared_ptr<Storage> storage, Shape shape, Strides strides,
-               std::int64_t offset, DType dtype)
+Tensor::Tensor(std::shared_ptr<Storage> storage, Shape shape, Strides strides, std::int64_t offset,
+               DType dtype)
     : storage_(std::move(storage)),
       shape_(std::move(shape)),
       strides_(std::move(strides)),
@@ -19,9 +19,7 @@ Tensor::Tensor(std::shared_ptr<Storage> storage, Shape shape, Strides strides,
 }
 
 std::int64_t Tensor::size(std::int64_t d) const { return shape_[wrap_dim(d, dim(), "size")]; }
-std::int64_t Tensor::stride(std::int64_t d) const {
-  return strides_[wrap_dim(d, dim(), "stride")];
-}
+std::int64_t Tensor::stride(std::int64_t d) const { return strides_[wrap_dim(d, dim(), "stride")]; }
 
 Device Tensor::device() const { return storage_ ? storage_->device() : Device::cpu(); }
 
@@ -77,8 +75,7 @@ void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
 }
 
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
-  LN_CHECK(a.device() == b.device(), op, ": device mismatch: ", describe(a), " vs ",
-           describe(b));
+  LN_CHECK(a.device() == b.device(), op, ": device mismatch: ", describe(a), " vs ", describe(b));
 }
 
 void check_cpu(const Tensor& t, const char* op) {

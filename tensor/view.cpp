@@ -32,8 +32,8 @@ Shape infer_shape(Shape shape, std::int64_t count, const Shape& from) {
     shape[infer] = count / known;
     known *= shape[infer];
   }
-  LN_CHECK(known == count, "reshape ", str(from), " (", count, " elements) to ", str(shape),
-           " (", known, " elements)");
+  LN_CHECK(known == count, "reshape ", str(from), " (", count, " elements) to ", str(shape), " (",
+           known, " elements)");
   return shape;
 }
 
@@ -108,8 +108,8 @@ Tensor transpose(const Tensor& t, std::int64_t dim0, std::int64_t dim1) {
 
 Tensor permute(const Tensor& t, const std::vector<std::int64_t>& dims) {
   check_defined(t, "permute");
-  LN_CHECK(static_cast<std::int64_t>(dims.size()) == t.dim(), "permute of ", describe(t),
-           " needs ", t.dim(), " dims, got ", dims.size());
+  LN_CHECK(static_cast<std::int64_t>(dims.size()) == t.dim(), "permute of ", describe(t), " needs ",
+           t.dim(), " dims, got ", dims.size());
   Shape shape(dims.size());
   Strides strides(dims.size());
   std::vector<bool> seen(dims.size(), false);
@@ -143,9 +143,9 @@ Tensor slice(const Tensor& t, std::int64_t dim, std::int64_t start, std::int64_t
 Tensor narrow(const Tensor& t, std::int64_t dim, std::int64_t start, std::int64_t length) {
   check_defined(t, "narrow");
   auto d = wrap_dim(dim, t.dim(), "narrow");
-  LN_CHECK(start >= 0 && length >= 0 && start + length <= t.shape()[d], "narrow of ",
-           describe(t), " along dim ", d, ": [", start, ", ", start + length,
-           ") is outside [0, ", t.shape()[d], ")");
+  LN_CHECK(start >= 0 && length >= 0 && start + length <= t.shape()[d], "narrow of ", describe(t),
+           " along dim ", d, ": [", start, ", ", start + length, ") is outside [0, ", t.shape()[d],
+           ")");
   return slice(t, d, start, start + length);
 }
 
@@ -177,8 +177,8 @@ Tensor unsqueeze(const Tensor& t, std::int64_t dim) {
 Tensor squeeze(const Tensor& t, std::int64_t dim) {
   check_defined(t, "squeeze");
   auto d = wrap_dim(dim, t.dim(), "squeeze");
-  LN_CHECK(t.shape()[d] == 1, "squeeze of ", describe(t), ": dim ", d, " has size ",
-           t.shape()[d], ", not 1");
+  LN_CHECK(t.shape()[d] == 1, "squeeze of ", describe(t), ": dim ", d, " has size ", t.shape()[d],
+           ", not 1");
   Shape shape = t.shape();
   Strides strides = t.strides();
   shape.erase(shape.begin() + d);

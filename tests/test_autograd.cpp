@@ -29,7 +29,7 @@ std::string error_of(F f) {
 TEST_SUITE("autograd") {
   TEST_CASE("a diamond graph sums the gradients of both paths") {
     Variable x = leaf({2, 3}, {2});
-    Variable y = mul(x, x);         // dy/dx = 2x
+    Variable y = mul(x, x);            // dy/dx = 2x
     Variable z = add(y, mul(y, 3.0));  // z = 4 x^2
     Variable loss = sum(mul(z, x));    // 4 x^3 -> 12 x^2
     loss.backward();

@@ -20,7 +20,8 @@ TEST_SUITE("gpu") {
   TEST_CASE("tensors round-trip between host and device for every dtype") {
     Generator gen(11);
     for (DType dtype : {DType::f32, DType::f64, DType::bf16, DType::i32, DType::i64}) {
-      Tensor host = is_floating(dtype) ? randn({3, 257}, gen, {dtype}) : randint(-50, 50, {3, 257}, gen, {dtype});
+      Tensor host = is_floating(dtype) ? randn({3, 257}, gen, {dtype})
+                                       : randint(-50, 50, {3, 257}, gen, {dtype});
       Tensor device = to(host, Device::cuda(0));
       CHECK(device.device() == Device::cuda(0));
       Tensor back = to(device, Device::cpu());

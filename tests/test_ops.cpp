@@ -45,11 +45,16 @@ Input pos(Shape shape) { return {std::move(shape), Domain::positive}; }
 
 Tensor draw(const Input& in, Generator& gen) {
   switch (in.domain) {
-    case Domain::normal: return randn(in.shape, gen, {DType::f64});
-    case Domain::positive: return uniform(in.shape, 0.5, 2.0, gen, {DType::f64});
-    case Domain::small_int: return to(randint(-2, 3, in.shape, gen), DType::f64);
-    case Domain::mask: return randint(0, 2, in.shape, gen);
-    case Domain::index: return randint(0, in.high, in.shape, gen);
+    case Domain::normal:
+      return randn(in.shape, gen, {DType::f64});
+    case Domain::positive:
+      return uniform(in.shape, 0.5, 2.0, gen, {DType::f64});
+    case Domain::small_int:
+      return to(randint(-2, 3, in.shape, gen), DType::f64);
+    case Domain::mask:
+      return randint(0, 2, in.shape, gen);
+    case Domain::index:
+      return randint(0, in.high, in.shape, gen);
   }
   return {};
 }
@@ -65,7 +70,8 @@ Tensor strided(const Tensor& t) {
   return view;
 }
 
-void check_close(const Ref& got, const Ref& want, double atol, double rtol, const std::string& what) {
+void check_close(const Ref& got, const Ref& want, double atol, double rtol,
+                 const std::string& what) {
   REQUIRE_MESSAGE(got.shape == want.shape, what, ": shape ", str(got.shape), " vs reference ",
                   str(want.shape));
   for (std::int64_t k = 0; k < want.numel(); ++k) {
@@ -89,8 +95,10 @@ void run_case(const OpCase& c, std::uint64_t seed) {
     bool strided;
     double tol;
   };
-  std::vector<Mode> modes = {{DType::f64, false, 1e-12}, {DType::f64, true, 1e-12},
-                             {DType::f32, false, 1e-5},  {DType::f32, true, 1e-5}};
+  std::vector<Mode> modes = {{DType::f64, false, 1e-12},
+                             {DType::f64, true, 1e-12},
+                             {DType::f32, false, 1e-5},
+                             {DType::f32, true, 1e-5}};
   if (c.bf16) modes.push_back({DType::bf16, false, 1e-2});
   for (const auto& mode : modes) {
     std::vector<Variable> vars;
@@ -210,14 +218,18 @@ void add_binary_cases(std::vector<OpCase>& cases) {
                    [](const auto& r) {
                      return map1(r[0], [](double v) { return std::pow((v + 0.5) * -1.5, 2.0); });
                    },
-                   true, false});
+                   true,
+                   false});
 }
 
 void add_reduction_cases(std::vector<OpCase>& cases) {
   using Dims = std::vector<std::int64_t>;
-  for (const auto& [shape, dims] : std::vector<std::pair<Shape, Dims>>{
-           {{3, 4, 5}, {}}, {{3, 4, 5}, {1}}, {{3, 4, 5}, {0, 2}}, {{3, 4, 5}, {-1}},
-           {{1, 7, 1}, {0}}, {{}, {}}}) {
+  for (const auto& [shape, dims] : std::vector<std::pair<Shape, Dims>>{{{3, 4, 5}, {}},
+                                                                       {{3, 4, 5}, {1}},
+                                                                       {{3, 4, 5}, {0, 2}},
+                                                                       {{3, 4, 5}, {-1}},
+                                                                       {{1, 7, 1}, {0}},
+                                                                       {{}, {}}}) {
     for (bool keepdim : {false, true}) {
       std::string tail = cat(" ", str(shape), " dims ", str(dims), keepdim ? " keepdim" : "");
       cases.push_back({"sum" + tail,
@@ -245,9 +257,8 @@ void add_reduction_cases(std::vector<OpCase>& cases) {
 
 void add_matmul_cases(std::vector<OpCase>& cases) {
   std::vector<std::pair<Shape, Shape>> shapes = {
-      {{3, 4}, {4, 5}},       {{2, 3, 4}, {4, 5}}, {{2, 1, 3, 4}, {3, 4, 2}},
-      {{5, 7}, {7, 3}},       {{1, 1}, {1, 1}},    {{4, 1}, {1, 3}},
-      {{3, 4}, {2, 3, 4, 2}},
+      {{3, 4}, {4, 5}}, {{2, 3, 4}, {4, 5}}, {{2, 1, 3, 4}, {3, 4, 2}}, {{5, 7}, {7, 3}},
+      {{1, 1}, {1, 1}}, {{4, 1}, {1, 3}},    {{3, 4}, {2, 3, 4, 2}},
   };
   for (const auto& [sa, sb] : shapes) {
     cases.push_back({cat("matmul ", str(sa), " ", str(sb)),
@@ -255,24 +266,26 @@ void add_matmul_cases(std::vector<OpCase>& cases) {
                      [](const auto& x) { return matmul(x[0], x[1]); },
                      [](const auto& r) { return ref::matmul(r[0], r[1]); }});
   }
-  cases.push_back({"matmul of transposed views [4, 3]^T [5, 4]^T",
-                   {{{4, 3}}, {{5, 4}}},
-                   [](const auto& x) { return matmul(transpose(x[0], 0, 1), transpose(x[1], 0, 1)); },
-                   [](const auto& r) {
-                     Ref a = ref::make({3, 4}, [&](const Index& i) { return r[0].at({i[1], i[0]}); });
-                     Ref b = ref::make({4, 5}, [&](const Index& i) { return r[1].at({i[1], i[0]}); });
-                     return ref::matmul(a, b);
-                   }});
+  cases.push_back(
+      {"matmul of transposed views [4, 3]^T [5, 4]^T",
+       {{{4, 3}}, {{5, 4}}},
+       [](const auto& x) { return matmul(transpose(x[0], 0, 1), transpose(x[1], 0, 1)); },
+       [](const auto& r) {
+         Ref a = ref::make({3, 4}, [&](const Index& i) { return r[0].at({i[1], i[0]}); });
+         Ref b = ref::make({4, 5}, [&](const Index& i) { return r[1].at({i[1], i[0]}); });
+         return ref::matmul(a, b);
+       }});
 }
 
 void add_softmax_cases(std::vector<OpCase>& cases) {
   for (const auto& [shape, dim] : std::vector<std::pair<Shape, std::int64_t>>{
            {{3, 5}, -1}, {{2, 3, 4}, 1}, {{1, 1}, 0}, {{4, 9}, 0}}) {
     for (bool log : {false, true}) {
-      cases.push_back({cat(log ? "log_softmax " : "softmax ", str(shape), " dim ", dim),
-                       {{shape}},
-                       [=](const auto& x) { return log ? log_softmax(x[0], dim) : softmax(x[0], dim); },
-                       [=](const auto& r) { return ref::softmax(r[0], dim, log); }});
+      cases.push_back(
+          {cat(log ? "log_softmax " : "softmax ", str(shape), " dim ", dim),
+           {{shape}},
+           [=](const auto& x) { return log ? log_softmax(x[0], dim) : softmax(x[0], dim); },
+           [=](const auto& r) { return ref::softmax(r[0], dim, log); }});
     }
   }
 }
@@ -283,8 +296,10 @@ Index with(Index i, std::int64_t d, std::int64_t v) {
 }
 
 void add_index_cases(std::vector<OpCase>& cases) {
-  for (const auto& [shape, dim, index] : std::vector<std::tuple<Shape, std::int64_t, Input>>{
-           {{3, 4}, 1, idx({3, 2}, 4)}, {{3, 4}, 0, idx({2, 4}, 3)}, {{2, 3, 5}, -1, idx({2, 2, 7}, 5)}}) {
+  for (const auto& [shape, dim, index] :
+       std::vector<std::tuple<Shape, std::int64_t, Input>>{{{3, 4}, 1, idx({3, 2}, 4)},
+                                                           {{3, 4}, 0, idx({2, 4}, 3)},
+                                                           {{2, 3, 5}, -1, idx({2, 2, 7}, 5)}}) {
     cases.push_back({cat("gather ", str(shape), " dim ", dim, " index ", str(index.shape)),
                      {{shape}, index},
                      [=](const auto& x) { return gather(x[0], dim, x[1].data()); },
@@ -295,11 +310,13 @@ void add_index_cases(std::vector<OpCase>& cases) {
                        });
                      }});
   }
-  for (const auto& [shape, dim, index, src] : std::vector<std::tuple<Shape, std::int64_t, Input, Shape>>{
+  for (const auto& [shape, dim, index, src] :
+       std::vector<std::tuple<Shape, std::int64_t, Input, Shape>>{
            {{3, 4}, 0, idx({5, 4}, 3), {5, 4}},
            {{3, 4}, 1, idx({3, 6}, 4), {3, 6}},
            {{3, 4}, 1, idx({2, 3}, 4), {3, 5}}}) {
-    cases.push_back({cat("scatter_add ", str(shape), " dim ", dim, " index ", str(index.shape), " src ", str(src)),
+    cases.push_back({cat("scatter_add ", str(shape), " dim ", dim, " index ", str(index.shape),
+                         " src ", str(src)),
                      {{shape}, index, {src}},
                      [=](const auto& x) { return scatter_add(x[0], dim, x[1].data(), x[2]); },
                      [=](const auto& r) {
@@ -355,21 +372,29 @@ void add_shape_cases(std::vector<OpCase>& cases) {
       return 0.0;
     });
   };
-  cases.push_back({"concat [2, 3] [4, 3] dim 0", {{{2, 3}}, {{4, 3}}},
+  cases.push_back({"concat [2, 3] [4, 3] dim 0",
+                   {{{2, 3}}, {{4, 3}}},
                    [](const auto& x) { return concat(x, 0); },
                    [=](const auto& r) { return concat_ref(r, 0); }});
-  cases.push_back({"concat [2, 1] [2, 3] dim -1", {{{2, 1}}, {{2, 3}}},
+  cases.push_back({"concat [2, 1] [2, 3] dim -1",
+                   {{{2, 1}}, {{2, 3}}},
                    [](const auto& x) { return concat(x, -1); },
                    [=](const auto& r) { return concat_ref(r, 1); }});
-  cases.push_back({"concat three [1, 2] dim 0", {{{1, 2}}, {{1, 2}}, {{1, 2}}},
+  cases.push_back({"concat three [1, 2] dim 0",
+                   {{{1, 2}}, {{1, 2}}, {{1, 2}}},
                    [](const auto& x) { return concat(x, 0); },
                    [=](const auto& r) { return concat_ref(r, 0); }});
-  cases.push_back({"split [3, 7] sizes 2, 5 dim 1, second piece", {{{3, 7}}},
-                   [](const auto& x) { return split(x[0], {2, 5}, 1)[1]; },
-                   [](const auto& r) {
-                     return ref::make({3, 5}, [&](const Index& i) { return r[0].at({i[0], i[1] + 2}); });
-                   }});
-  cases.push_back({"split pieces recombined", {{{4, 3}}},
+  cases.push_back(
+      {"split [3, 7] sizes 2, 5 dim 1, second piece",
+       {{{3, 7}}},
+       [](const auto& x) {
+         return split(x[0], {2, 5}, 1)[1];
+       },
+       [](const auto& r) {
+         return ref::make({3, 5}, [&](const Index& i) { return r[0].at({i[0], i[1] + 2}); });
+       }});
+  cases.push_back({"split pieces recombined",
+                   {{{4, 3}}},
                    [](const auto& x) {
                      auto parts = split(x[0], {1, 0, 3}, 0);
                      return concat({mul(parts[2], 2.0), parts[1], parts[0]}, 0);
@@ -379,55 +404,89 @@ void add_shape_cases(std::vector<OpCase>& cases) {
                        return i[0] < 3 ? 2 * r[0].at({i[0] + 1, i[1]}) : r[0].at({0, i[1]});
                      });
                    }});
-  cases.push_back({"reshape [3, 4] to [2, -1]", {{{3, 4}}},
-                   [](const auto& x) { return reshape(x[0], {2, -1}); },
-                   [](const auto& r) { return Ref{{2, 6}, r[0].v}; }});
-  cases.push_back({"reshape of a transpose (copy path)", {{{3, 4}}},
-                   [](const auto& x) { return reshape(transpose(x[0], 0, 1), {12}); },
+  cases.push_back({"reshape [3, 4] to [2, -1]",
+                   {{{3, 4}}},
+                   [](const auto& x) {
+                     return reshape(x[0], {2, -1});
+                   },
                    [](const auto& r) {
-                     return ref::make({12}, [&](const Index& i) { return r[0].at({i[0] % 3, i[0] / 3}); });
+                     return Ref{{2, 6}, r[0].v};
                    }});
-  cases.push_back({"flatten [2, 3, 2]", {{{2, 3, 2}}},
+  cases.push_back(
+      {"reshape of a transpose (copy path)",
+       {{{3, 4}}},
+       [](const auto& x) { return reshape(transpose(x[0], 0, 1), {12}); },
+       [](const auto& r) {
+         return ref::make({12}, [&](const Index& i) { return r[0].at({i[0] % 3, i[0] / 3}); });
+       }});
+  cases.push_back({"flatten [2, 3, 2]",
+                   {{{2, 3, 2}}},
                    [](const auto& x) { return flatten(x[0]); },
-                   [](const auto& r) { return Ref{{12}, r[0].v}; }});
-  cases.push_back({"transpose [2, 3, 4] dims 0, 2", {{{2, 3, 4}}},
-                   [](const auto& x) { return transpose(x[0], 0, 2); },
                    [](const auto& r) {
-                     return ref::make({4, 3, 2}, [&](const Index& i) { return r[0].at({i[2], i[1], i[0]}); });
+                     return Ref{{12}, r[0].v};
                    }});
-  cases.push_back({"permute [2, 3, 4] to 2, 0, 1", {{{2, 3, 4}}},
-                   [](const auto& x) { return permute(x[0], {2, 0, 1}); },
+  cases.push_back(
+      {"transpose [2, 3, 4] dims 0, 2",
+       {{{2, 3, 4}}},
+       [](const auto& x) { return transpose(x[0], 0, 2); },
+       [](const auto& r) {
+         return ref::make({4, 3, 2}, [&](const Index& i) { return r[0].at({i[2], i[1], i[0]}); });
+       }});
+  cases.push_back(
+      {"permute [2, 3, 4] to 2, 0, 1",
+       {{{2, 3, 4}}},
+       [](const auto& x) {
+         return permute(x[0], {2, 0, 1});
+       },
+       [](const auto& r) {
+         return ref::make({4, 2, 3}, [&](const Index& i) { return r[0].at({i[1], i[2], i[0]}); });
+       }});
+  cases.push_back(
+      {"slice [5, 6] dim 1 from 1 step 2",
+       {{{5, 6}}},
+       [](const auto& x) { return slice(x[0], 1, 1, 6, 2); },
+       [](const auto& r) {
+         return ref::make({5, 3}, [&](const Index& i) { return r[0].at({i[0], 1 + 2 * i[1]}); });
+       }});
+  cases.push_back(
+      {"slice [5, 6] dim 0 from -3",
+       {{{5, 6}}},
+       [](const auto& x) { return slice(x[0], 0, -3, 100); },
+       [](const auto& r) {
+         return ref::make({3, 6}, [&](const Index& i) { return r[0].at({i[0] + 2, i[1]}); });
+       }});
+  cases.push_back(
+      {"narrow [5, 6] dim 0 at 1 length 3",
+       {{{5, 6}}},
+       [](const auto& x) { return narrow(x[0], 0, 1, 3); },
+       [](const auto& r) {
+         return ref::make({3, 6}, [&](const Index& i) { return r[0].at({i[0] + 1, i[1]}); });
+       }});
+  cases.push_back({"expand [3, 1] to [2, 3, 4]",
+                   {{{3, 1}}},
+                   [](const auto& x) {
+                     return expand(x[0], {2, 3, 4});
+                   },
                    [](const auto& r) {
-                     return ref::make({4, 2, 3}, [&](const Index& i) { return r[0].at({i[1], i[2], i[0]}); });
+                     return ref::make({2, 3, 4}, [&](const Index& i) { return r[0].bat(i); });
                    }});
-  cases.push_back({"slice [5, 6] dim 1 from 1 step 2", {{{5, 6}}},
-                   [](const auto& x) { return slice(x[0], 1, 1, 6, 2); },
+  cases.push_back({"unsqueeze [3, 4] dim 1 then squeeze dim 0 of [1, 3]",
+                   {{{3, 4}}, {{1, 3}}},
+                   [](const auto& x) {
+                     return add(unsqueeze(x[0], 1), unsqueeze(unsqueeze(squeeze(x[1], 0), -1), -1));
+                   },
                    [](const auto& r) {
-                     return ref::make({5, 3}, [&](const Index& i) { return r[0].at({i[0], 1 + 2 * i[1]}); });
+                     return ref::make({3, 1, 4}, [&](const Index& i) {
+                       return r[0].at({i[0], i[2]}) + r[1].at({0, i[0]});
+                     });
                    }});
-  cases.push_back({"slice [5, 6] dim 0 from -3", {{{5, 6}}},
-                   [](const auto& x) { return slice(x[0], 0, -3, 100); },
-                   [](const auto& r) {
-                     return ref::make({3, 6}, [&](const Index& i) { return r[0].at({i[0] + 2, i[1]}); });
-                   }});
-  cases.push_back({"narrow [5, 6] dim 0 at 1 length 3", {{{5, 6}}},
-                   [](const auto& x) { return narrow(x[0], 0, 1, 3); },
-                   [](const auto& r) {
-                     return ref::make({3, 6}, [&](const Index& i) { return r[0].at({i[0] + 1, i[1]}); });
-                   }});
-  cases.push_back({"expand [3, 1] to [2, 3, 4]", {{{3, 1}}},
-                   [](const auto& x) { return expand(x[0], {2, 3, 4}); },
-                   [](const auto& r) { return ref::make({2, 3, 4}, [&](const Index& i) { return r[0].bat(i); }); }});
-  cases.push_back({"unsqueeze [3, 4] dim 1 then squeeze dim 0 of [1, 3]", {{{3, 4}}, {{1, 3}}},
-                   [](const auto& x) { return add(unsqueeze(x[0], 1), unsqueeze(unsqueeze(squeeze(x[1], 0), -1), -1)); },
-                   [](const auto& r) {
-                     return ref::make({3, 1, 4}, [&](const Index& i) { return r[0].at({i[0], i[2]}) + r[1].at({0, i[0]}); });
-                   }});
-  cases.push_back({"contiguous of a transpose", {{{3, 5}}},
-                   [](const auto& x) { return contiguous(transpose(x[0], 0, 1)); },
-                   [](const auto& r) {
-                     return ref::make({5, 3}, [&](const Index& i) { return r[0].at({i[1], i[0]}); });
-                   }});
+  cases.push_back(
+      {"contiguous of a transpose",
+       {{{3, 5}}},
+       [](const auto& x) { return contiguous(transpose(x[0], 0, 1)); },
+       [](const auto& r) {
+         return ref::make({5, 3}, [&](const Index& i) { return r[0].at({i[1], i[0]}); });
+       }});
 }
 
 std::vector<OpCase> all_cases() {

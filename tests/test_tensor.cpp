@@ -104,8 +104,9 @@ TEST_SUITE("tensor") {
           std::vector<std::int64_t>{0, 1, 2, 3});
     CHECK(scalar(7).dim() == 0);
     CHECK(scalar(7).item() == 7);
-    CHECK(error_of([] { from_data<float>({1, 2, 3}, {2, 2}); }).find("3 values for shape [2, 2]") !=
-          std::string::npos);
+    CHECK(error_of([] {
+            from_data<float>({1, 2, 3}, {2, 2});
+          }).find("3 values for shape [2, 2]") != std::string::npos);
   }
 
   TEST_CASE("views share storage with their base") {
@@ -155,11 +156,14 @@ TEST_SUITE("tensor") {
     std::string dtypes = error_of([&] { mul(a, zeros({2, 3}, {DType::f64})); });
     CHECK(dtypes.find("f32[2, 3]") != std::string::npos);
     CHECK(dtypes.find("f64[2, 3]") != std::string::npos);
-    CHECK(error_of([&] { matmul(a, zeros({2, 3})); }).find("inner dims differ") != std::string::npos);
+    CHECK(error_of([&] {
+            matmul(a, zeros({2, 3}));
+          }).find("inner dims differ") != std::string::npos);
     CHECK(error_of([&] { exp(zeros({2}, {DType::i64})); }).find("floating") != std::string::npos);
     CHECK(error_of([&] { concat({a, zeros({2, 4})}, 0); }).find("[2, 4]") != std::string::npos);
-    CHECK(error_of([&] { gather(a, 1, full({2, 1}, 3, {DType::i64})); })
-              .find("index 3 is out of range for dim 1 of size 3") != std::string::npos);
+    CHECK(error_of([&] {
+            gather(a, 1, full({2, 1}, 3, {DType::i64}));
+          }).find("index 3 is out of range for dim 1 of size 3") != std::string::npos);
     CHECK(error_of([&] { index_select(a, 0, full({1}, -1, {DType::i64})); }).find("index -1") !=
           std::string::npos);
   }
@@ -190,7 +194,7 @@ TEST_SUITE("tensor") {
   }
 
   TEST_CASE("casts round to nearest even and truncate toward zero") {
-    float tie = 1.0f + std::ldexp(1.0f, -8);       // halfway between two bf16 values
+    float tie = 1.0f + std::ldexp(1.0f, -8);        // halfway between two bf16 values
     float above = 1.0f + 3 * std::ldexp(1.0f, -9);  // above the halfway point
     auto b = to(to(from_data<float>({tie, above, -2.75f, NAN}, {4}), DType::bf16), DType::f32);
     auto v = values(b);
@@ -231,8 +235,8 @@ TEST_SUITE("tensor") {
 
   TEST_CASE("large matmuls match a naive product on the parallel paths") {
     Generator gen(5);
-    for (auto [batch, m, k, n] : std::vector<std::array<std::int64_t, 4>>{
-             {1, 130, 257, 67}, {6, 17, 33, 9}}) {
+    for (auto [batch, m, k, n] :
+         std::vector<std::array<std::int64_t, 4>>{{1, 130, 257, 67}, {6, 17, 33, 9}}) {
       Tensor a = randn({batch, m, k}, gen, {DType::f64});
       Tensor b = randn({batch, k, n}, gen, {DType::f64});
       auto got = matmul(to(a, DType::f32), to(b, DType::f32)).to_vector<double>();

@@ -51,9 +51,11 @@ int run(const Options& opt) {
   auto init = [&](Shape shape, double fan_in) {
     return Variable(mul(randn(shape, gen), 1.0 / std::sqrt(fan_in)), true);
   };
-  std::vector<Variable> params = {init({2, opt.hidden}, 2), Variable(zeros({opt.hidden}), true),
+  std::vector<Variable> params = {init({2, opt.hidden}, 2),
+                                  Variable(zeros({opt.hidden}), true),
                                   init({opt.hidden, opt.hidden}, opt.hidden),
-                                  Variable(zeros({opt.hidden}), true), init({opt.hidden, 3}, opt.hidden),
+                                  Variable(zeros({opt.hidden}), true),
+                                  init({opt.hidden, 3}, opt.hidden),
                                   Variable(zeros({3}), true)};
   std::vector<Tensor> velocity;
   for (const auto& p : params) velocity.push_back(zeros_like(p.data()));
@@ -61,8 +63,9 @@ int run(const Options& opt) {
   Variable x(points);
   double first = 0;
   double last = 0;
-  std::printf("longnet-demo: 3-class spirals, 768 points, MLP 2-%d-%d-3, SGD momentum 0.9, lr %.2f\n",
-              opt.hidden, opt.hidden, opt.lr);
+  std::printf(
+      "longnet-demo: 3-class spirals, 768 points, MLP 2-%d-%d-3, SGD momentum 0.9, lr %.2f\n",
+      opt.hidden, opt.hidden, opt.lr);
   for (int step = 0; step <= opt.steps; ++step) {
     Variable h = gelu(add(matmul(x, params[0]), params[1]));
     h = gelu(add(matmul(h, params[2]), params[3]));

@@ -70,7 +70,8 @@ void for_each_row(const Shape& shape, const std::array<Strides, K>& strides, Bod
   std::array<std::int64_t, K> steps{};
   for (std::size_t k = 0; k < K; ++k) steps[k] = layout.strides[k].back();
 
-#pragma omp parallel for schedule(static) if (cost > 0 && total * cost >= kParallelGrain && units > 1)
+#pragma omp parallel for schedule(static) if (cost > 0 && total * cost >= kParallelGrain && \
+                                              units > 1)
   for (std::int64_t unit = 0; unit < units; ++unit) {
     std::int64_t row = unit / chunks_per_row;
     std::int64_t start = (unit % chunks_per_row) * chunk;

@@ -93,11 +93,16 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 void fill(void* dst, DType dtype, double value, std::int64_t n, int device) {
   DeviceGuard guard(device);
   switch (dtype) {
-    case DType::f32: return launch_fill(dst, static_cast<float>(value), n);
-    case DType::f64: return launch_fill(dst, value, n);
-    case DType::bf16: return launch_fill(dst, __float2bfloat16(static_cast<float>(value)), n);
-    case DType::i32: return launch_fill(dst, static_cast<std::int32_t>(value), n);
-    case DType::i64: return launch_fill(dst, static_cast<std::int64_t>(value), n);
+    case DType::f32:
+      return launch_fill(dst, static_cast<float>(value), n);
+    case DType::f64:
+      return launch_fill(dst, value, n);
+    case DType::bf16:
+      return launch_fill(dst, __float2bfloat16(static_cast<float>(value)), n);
+    case DType::i32:
+      return launch_fill(dst, static_cast<std::int32_t>(value), n);
+    case DType::i64:
+      return launch_fill(dst, static_cast<std::int64_t>(value), n);
   }
 }
 
