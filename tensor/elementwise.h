@@ -1,42 +1,29 @@
 // Elementwise ops with numpy broadcasting. Operands of a binary op share one dtype and one
 // device; the result is contiguous with the broadcast shape. Comparisons return 0/1 in the
-// operands' dtype. Ops marked "floating" reject integer dtypes.
+// operands' dtype.
 #pragma once
 
 #include "tensor/tensor.h"
 
 namespace longnet {
 
+// neg .. relu take any dtype, the rest floating dtypes only. gelu is the exact (erf) form,
+// x * Phi(x); gelu_grad is its derivative.
 enum class UnaryOp {
-  neg,
-  abs,
-  sign,
-  square,
-  relu,  // any dtype
-  exp,
-  log,
-  sqrt,
-  rsqrt,
-  reciprocal,
-  tanh,
-  sigmoid,    // floating
-  gelu,       // x * Phi(x), the exact (erf) form
-  gelu_grad,  // d gelu / dx
+  // clang-format off
+  neg, abs, sign, square, relu,
+  exp, log, sqrt, rsqrt, reciprocal, tanh, sigmoid, gelu, gelu_grad,
+  // clang-format on
 };
 
+// add .. ge take any dtype, div and pow floating dtypes only. maximum and minimum propagate
+// NaN.
 enum class BinaryOp {
-  add,
-  sub,
-  mul,
-  maximum,
-  minimum,  // any dtype; maximum/minimum propagate NaN
-  eq,
-  lt,
-  le,
-  gt,
-  ge,  // any dtype
-  div,
-  pow,  // floating
+  // clang-format off
+  add, sub, mul, maximum, minimum,
+  eq, lt, le, gt, ge,
+  div, pow,
+  // clang-format on
 };
 
 const char* name(UnaryOp op);
