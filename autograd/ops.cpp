@@ -32,7 +32,7 @@ Tensor like(const Tensor& t, double value) { return scalar(value, {t.dtype(), t.
 
 Variable unary(UnaryOp op, const Variable& x) {
   LN_CHECK(op != UnaryOp::gelu_grad, "gelu_grad is not differentiable");
-  Tensor xd = x.data();
+  const Tensor& xd = x.data();
   Tensor y = unary(op, xd);
   return make_result(y, {x}, name(op), [op, xd, y](const Tensor& g) -> Grads {
     switch (op) {
@@ -70,8 +70,8 @@ Variable unary(UnaryOp op, const Variable& x) {
 }
 
 Variable binary(BinaryOp op, const Variable& a, const Variable& b) {
-  Tensor ad = a.data();
-  Tensor bd = b.data();
+  const Tensor& ad = a.data();
+  const Tensor& bd = b.data();
   Tensor y = binary(op, ad, bd);
   bool comparison = op >= BinaryOp::eq && op <= BinaryOp::ge;
   if (comparison) return Variable(y);  // piecewise constant: no gradient flows
@@ -129,8 +129,8 @@ Variable pow(const Variable& x, double s) {
 }
 
 Variable where(const Tensor& cond, const Variable& a, const Variable& b) {
-  Tensor ad = a.data();
-  Tensor bd = b.data();
+  const Tensor& ad = a.data();
+  const Tensor& bd = b.data();
   return make_result(where(cond, ad, bd), {a, b}, "where", [=](const Tensor& g) -> Grads {
     Tensor zero = like(g, 0.0);
     return {sum_to(where(cond, g, zero), ad.shape()), sum_to(where(cond, zero, g), bd.shape())};
@@ -154,13 +154,13 @@ Tensor expand_reduced(const Tensor& g, const Shape& input, const std::vector<std
 }  // namespace
 
 Variable sum(const Variable& x, const std::vector<std::int64_t>& dims, bool keepdim) {
-  Shape shape = x.shape();
+  const Shape& shape = x.shape();
   return make_result(sum(x.data(), dims, keepdim), {x}, "sum",
                      [=](const Tensor& g) -> Grads { return {expand_reduced(g, shape, dims)}; });
 }
 
 Variable mean(const Variable& x, const std::vector<std::int64_t>& dims, bool keepdim) {
-  Shape shape = x.shape();
+  const Shape& shape = x.shape();
   Tensor y = mean(x.data(), dims, keepdim);
   double count =
       static_cast<double>(numel(shape)) / static_cast<double>(std::max<std::int64_t>(y.numel(), 1));
@@ -170,7 +170,7 @@ Variable mean(const Variable& x, const std::vector<std::int64_t>& dims, bool kee
 }
 
 Variable max(const Variable& x, std::int64_t dim, bool keepdim) {
-  Tensor xd = x.data();
+  const Tensor& xd = x.data();
   auto d = wrap_dim(dim, x.dim(), "max");
   MaxResult r = max(xd, d, true);
   Tensor values = keepdim ? r.values : squeeze(r.values, d);
@@ -182,8 +182,8 @@ Variable max(const Variable& x, std::int64_t dim, bool keepdim) {
 }
 
 Variable matmul(const Variable& a, const Variable& b) {
-  Tensor ad = a.data();
-  Tensor bd = b.data();
+  const Tensor& ad = a.data();
+  const Tensor& bd = b.data();
   bool ga = needs(a);
   bool gb = needs(b);
   return make_result(matmul(ad, bd), {a, b}, "matmul", [=](const Tensor& g) -> Grads {
@@ -205,7 +205,7 @@ Variable log_softmax(const Variable& x, std::int64_t dim) {
 }
 
 Variable gather(const Variable& x, std::int64_t dim, const Tensor& index) {
-  Tensor xd = x.data();
+  const Tensor& xd = x.data();
   return make_result(gather(xd, dim, index), {x}, "gather", [=](const Tensor& g) -> Grads {
     return {scatter_add(zeros_like(xd), dim, index, g)};
   });
@@ -213,7 +213,7 @@ Variable gather(const Variable& x, std::int64_t dim, const Tensor& index) {
 
 Variable scatter_add(const Variable& x, std::int64_t dim, const Tensor& index,
                      const Variable& src) {
-  Tensor sd = src.data();
+  const Tensor& sd = src.data();
   bool gs = needs(src);
   return make_result(scatter_add(x.data(), dim, index, sd), {x, src}, "scatter_add",
                      [=](const Tensor& g) -> Grads {
@@ -232,7 +232,7 @@ Variable scatter_add(const Variable& x, std::int64_t dim, const Tensor& index,
 }
 
 Variable index_select(const Variable& x, std::int64_t dim, const Tensor& index) {
-  Tensor xd = x.data();
+  const Tensor& xd = x.data();
   return make_result(index_select(xd, dim, index), {x}, "index_select",
                      [=](const Tensor& g) -> Grads {
                        return {index_add(zeros_like(xd), dim, index, contiguous(g))};
@@ -249,6 +249,8 @@ Variable index_add(const Variable& x, std::int64_t dim, const Tensor& index, con
 Variable concat(const std::vector<Variable>& xs, std::int64_t dim) {
   std::vector<Tensor> data;
   std::vector<std::int64_t> sizes;
+  data.reserve(xs.size());
+  sizes.reserve(xs.size());
   for (const auto& x : xs) data.push_back(x.data());
   Tensor y = concat(data, dim);
   auto d = wrap_dim(dim, y.dim(), "concat");
@@ -270,7 +272,7 @@ std::vector<Variable> split(const Variable& x, const std::vector<std::int64_t>& 
 }
 
 Variable reshape(const Variable& x, Shape shape) {
-  Shape from = x.shape();
+  const Shape& from = x.shape();
   return make_result(reshape(x.data(), std::move(shape)), {x}, "reshape",
                      [=](const Tensor& g) -> Grads { return {reshape(g, from)}; });
 }
@@ -294,21 +296,21 @@ Variable permute(const Variable& x, const std::vector<std::int64_t>& dims) {
 
 Variable slice(const Variable& x, std::int64_t dim, std::int64_t start, std::int64_t end,
                std::int64_t step) {
-  Tensor xd = x.data();
+  const Tensor& xd = x.data();
   return make_result(slice(xd, dim, start, end, step), {x}, "slice", [=](const Tensor& g) -> Grads {
     return {through_view(xd, g, [&](const Tensor& t) { return slice(t, dim, start, end, step); })};
   });
 }
 
 Variable narrow(const Variable& x, std::int64_t dim, std::int64_t start, std::int64_t length) {
-  Tensor xd = x.data();
+  const Tensor& xd = x.data();
   return make_result(narrow(xd, dim, start, length), {x}, "narrow", [=](const Tensor& g) -> Grads {
     return {through_view(xd, g, [&](const Tensor& t) { return narrow(t, dim, start, length); })};
   });
 }
 
 Variable expand(const Variable& x, const Shape& shape) {
-  Shape from = x.shape();
+  const Shape& from = x.shape();
   return make_result(expand(x.data(), shape), {x}, "expand",
                      [=](const Tensor& g) -> Grads { return {sum_to(g, from)}; });
 }

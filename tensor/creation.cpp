@@ -74,7 +74,7 @@ Tensor randn(const Shape& shape, Generator& gen, TensorOptions options) {
   LN_CHECK(is_floating(options.dtype), "randn: needs a floating dtype, got ", name(options.dtype));
   return draw(shape, gen, options, [](std::array<std::uint32_t, 4> w) {
     std::array<double, 4> out{};
-    for (int pair = 0; pair < 2; ++pair) {
+    for (std::size_t pair = 0; pair < 2; ++pair) {
       double radius = std::sqrt(-2.0 * std::log(open_unit(w[2 * pair])));
       double angle = 2.0 * std::numbers::pi * open_unit(w[2 * pair + 1]);
       out[2 * pair] = radius * std::cos(angle);

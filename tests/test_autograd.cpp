@@ -9,8 +9,8 @@
 namespace longnet {
 namespace {
 
-Variable leaf(std::vector<float> v, Shape shape) {
-  return Variable(from_data<float>(std::move(v), shape), true);
+Variable leaf(const std::vector<float>& v, const Shape& shape) {
+  return Variable(from_data<float>(v, shape), true);
 }
 std::vector<float> grad_of(const Variable& v) { return v.grad().to_vector<float>(); }
 

@@ -48,7 +48,7 @@ int run(const Options& opt) {
   Tensor points;
   Tensor labels;
   make_spirals(768, gen, points, labels);
-  auto init = [&](Shape shape, double fan_in) {
+  auto init = [&](const Shape& shape, double fan_in) {
     return Variable(mul(randn(shape, gen), 1.0 / std::sqrt(fan_in)), true);
   };
   std::vector<Variable> params = {init({2, opt.hidden}, 2),
@@ -58,6 +58,7 @@ int run(const Options& opt) {
                                   init({opt.hidden, 3}, opt.hidden),
                                   Variable(zeros({3}), true)};
   std::vector<Tensor> velocity;
+  velocity.reserve(params.size());
   for (const auto& p : params) velocity.push_back(zeros_like(p.data()));
 
   Variable x(points);
