@@ -1,0 +1,287 @@
+#include "attention/dilated.h"
+
+#include "attention/cpu/common.h"
+
+#include <cmath>
+#include <limits>
+
+#include "tensor/copy.h"
+#include "tensor/creation.h"
+
+namespace longnet {
+
+void DilatedAttentionConfig::validate() const {
+  LN_CHECK(!segment_lengths.empty(), "segment_lengths must not be empty (one entry per branch)");
+  LN_CHECK(segment_lengths.size() == dilation_rates.size(), "segment_lengths has ",
+           segment_lengths.size(), " entries but dilation_rates has ", dilation_rates.size(),
+           "; they must have one entry per branch each");
+  for (std::size_t i = 0; i < segment_lengths.size(); ++i) {
+    LN_CHECK(segment_lengths[i] >= 1, "segment_lengths[", i, "] is ", segment_lengths[i],
+             "; valid: integers >= 1");
+    LN_CHECK(dilation_rates[i] >= 1, "dilation_rates[", i, "] is ", dilation_rates[i],
+             "; valid: integers >= 1");
+  }
+  if (scale) {
+    LN_CHECK(std::isfinite(*scale) && *scale > 0, "scale is ", *scale,
+             "; valid: a finite number > 0 (default 1/sqrt(head dim))");
+  }
+}
+
+namespace {
+
+// One branch as one head sees it: segment length, rate and the head's offset.
+struct Item {
+  std::int64_t w;
+  std::int64_t r;
+  std::int64_t j;
+};
+
+struct HeadPlan {
+  std::vector<Item> items;
+  double out_scale = 1;
+};
+
+std::vector<HeadPlan> plan_heads(const DilatedAttentionConfig& c, std::int64_t heads) {
+  auto m = static_cast<std::int64_t>(c.segment_lengths.size());
+  std::vector<HeadPlan> plans(static_cast<std::size_t>(heads));
+  if (c.mode == DilatedMode::paper) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      for (std::int64_t b = 0; b < m; ++b) {
+        std::int64_t r = c.dilation_rates[b];
+        plans[h].items.push_back({c.segment_lengths[b], r, h % r});
+      }
+    }
+    return plans;
+  }
+  // Grouped: m contiguous groups, the first heads % m of them one head larger.
+  std::int64_t head = 0;
+  for (std::int64_t g = 0; g < m; ++g) {
+    std::int64_t size = heads / m + (g < heads % m ? 1 : 0);
+    std::int64_t r = c.dilation_rates[g];
+    for (std::int64_t i = 0; i < size; ++i, ++head) {
+      plans[head].items.push_back({c.segment_lengths[g], r, g % r});
+      plans[head].out_scale = 1.0 / static_cast<double>(m);
+    }
+  }
+  return plans;
+}
+
+using Geometry = cpu::AttentionGeometry;
+using cpu::Mat;
+using cpu::MutRows;
+using cpu::Rows;
+
+std::int64_t count_selected(std::int64_t first, std::int64_t end, std::int64_t r) {
+  return first < end ? (end - first + r - 1) / r : 0;
+}
+
+// Calls f(first, nq, nk) for every segment of the item holding at least one selected query
+// and one selected key; first is the position of compact row 0.
+template <class F>
+void for_each_segment(const Item& item, const Geometry& g, F f) {
+  std::int64_t n = std::max(g.nq, g.nk);
+  std::int64_t w = std::min(item.w, n);  // longer segments are one segment
+  for (std::int64_t t0 = 0; t0 < n; t0 += w) {
+    std::int64_t first = t0 + item.j;
+    std::int64_t nq = count_selected(first, std::min(t0 + w, g.nq), item.r);
+    std::int64_t nk = count_selected(first, std::min(t0 + w, g.nk), item.r);
+    if (nq > 0 && nk > 0) f(first, nq, nk);
+  }
+}
+
+// Keys a compact query row may see: all of the segment's, or with the causal mask those up
+// to its own position (compact rows of queries and keys sit at the same positions).
+std::int64_t visible(std::int64_t row, std::int64_t nk, bool causal) {
+  return causal ? std::min(row + 1, nk) : nk;
+}
+
+template <class T>
+void forward_kernel(const T* q, const T* k, const T* v, T* out, T* lse, const Geometry& g,
+                    const std::vector<HeadPlan>& plans, T scale, bool causal) {
+  const T inf = std::numeric_limits<T>::infinity();
+  std::int64_t qrow = g.heads * g.d;  // element stride between positions
+  std::int64_t vrow = g.heads * g.dv;
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t task = 0; task < g.batch * g.heads; ++task) {
+    std::int64_t b = task / g.heads;
+    std::int64_t h = task % g.heads;
+    const HeadPlan& plan = plans[h];
+    const T* qh = q + b * g.nq * qrow + h * g.d;
+    const T* kh = k + b * g.nk * qrow + h * g.d;
+    const T* vh = v + b * g.nk * vrow + h * g.dv;
+    // Running softmax state per query position, merged across branches and segments.
+    Mat<T> acc = Mat<T>::Zero(g.nq, g.dv);
+    std::vector<T> run_max(static_cast<std::size_t>(g.nq), -inf);
+    std::vector<T> run_sum(static_cast<std::size_t>(g.nq), T(0));
+    for (const Item& item : plan.items) {
+      for_each_segment(item, g, [&](std::int64_t first, std::int64_t nq, std::int64_t nk) {
+        Rows<T> qs(qh + first * qrow, nq, g.d, Eigen::OuterStride<>(item.r * qrow));
+        Rows<T> ks(kh + first * qrow, nk, g.d, Eigen::OuterStride<>(item.r * qrow));
+        Rows<T> vs(vh + first * vrow, nk, g.dv, Eigen::OuterStride<>(item.r * vrow));
+        Mat<T> p = scale * (qs * ks.transpose());
+        std::vector<T> seg_max(static_cast<std::size_t>(nq));
+        for (std::int64_t a = 0; a < nq; ++a) {
+          seg_max[a] = p.row(a).head(visible(a, nk, causal)).maxCoeff();
+        }
+        cpu::exponentiate(
+            p, [&](Eigen::Index a) { return visible(a, nk, causal); },
+            [&](Eigen::Index a) { return seg_max[a]; });
+        Mat<T> u = p * vs;
+        for (std::int64_t a = 0; a < nq; ++a) {
+          std::int64_t pos = first + a * item.r;
+          T top = std::max(run_max[pos], seg_max[a]);
+          T old_weight = run_max[pos] == -inf ? T(0) : std::exp(run_max[pos] - top);
+          T new_weight = std::exp(seg_max[a] - top);
+          acc.row(pos) = acc.row(pos) * old_weight + u.row(a) * new_weight;
+          run_sum[pos] = run_sum[pos] * old_weight + p.row(a).sum() * new_weight;
+          run_max[pos] = top;
+        }
+      });
+    }
+    T out_scale = static_cast<T>(plan.out_scale);
+    for (std::int64_t pos = 0; pos < g.nq; ++pos) {
+      T* o = out + (b * g.nq + pos) * vrow + h * g.dv;
+      bool selected = run_sum[pos] > T(0);
+      for (std::int64_t d = 0; d < g.dv; ++d) {
+        o[d] = selected ? acc(pos, d) / run_sum[pos] * out_scale : T(0);
+      }
+      lse[(b * g.heads + h) * g.nq + pos] = selected ? run_max[pos] + std::log(run_sum[pos]) : -inf;
+    }
+  }
+}
+
+template <class T>
+void backward_kernel(const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout,
+                     T* dq, T* dk, T* dv, const Geometry& g, const std::vector<HeadPlan>& plans,
+                     T scale, bool causal) {
+  std::int64_t qrow = g.heads * g.d;
+  std::int64_t vrow = g.heads * g.dv;
+#pragma omp parallel for schedule(dynamic)
+  for (std::int64_t task = 0; task < g.batch * g.heads; ++task) {
+    std::int64_t b = task / g.heads;
+    std::int64_t h = task % g.heads;
+    const HeadPlan& plan = plans[h];
+    std::int64_t qoff = b * g.nq * qrow + h * g.d;
+    std::int64_t koff = b * g.nk * qrow + h * g.d;
+    std::int64_t voff = b * g.nk * vrow + h * g.dv;
+    std::int64_t ooff = b * g.nq * vrow + h * g.dv;
+    const T* lse_h = lse + (b * g.heads + h) * g.nq;
+    // Dp = rowsum(dO * O): the same for the softmax output and the scaled output.
+    std::vector<T> dp(static_cast<std::size_t>(g.nq));
+    for (std::int64_t pos = 0; pos < g.nq; ++pos) {
+      T total = 0;
+      for (std::int64_t d = 0; d < g.dv; ++d) {
+        total += dout[ooff + pos * vrow + d] * out[ooff + pos * vrow + d];
+      }
+      dp[pos] = total;
+    }
+    T out_scale = static_cast<T>(plan.out_scale);
+    for (const Item& item : plan.items) {
+      for_each_segment(item, g, [&](std::int64_t first, std::int64_t nq, std::int64_t nk) {
+        Eigen::OuterStride<> qs_stride(item.r * qrow);
+        Eigen::OuterStride<> vs_stride(item.r * vrow);
+        Rows<T> qs(q + qoff + first * qrow, nq, g.d, qs_stride);
+        Rows<T> ks(k + koff + first * qrow, nk, g.d, qs_stride);
+        Rows<T> vs(v + voff + first * vrow, nk, g.dv, vs_stride);
+        Rows<T> dos(dout + ooff + first * vrow, nq, g.dv, vs_stride);
+        Mat<T> p = scale * (qs * ks.transpose());
+        // A row reached here saw at least one key in the forward pass, so its lse is finite.
+        cpu::exponentiate(
+            p, [&](Eigen::Index a) { return visible(a, nk, causal); },
+            [&](Eigen::Index a) { return lse_h[first + a * item.r]; });
+        Mat<T> d_out = out_scale * dos;
+        MutRows<T>(dv + voff + first * vrow, nk, g.dv, vs_stride).noalias() +=
+            p.transpose() * d_out;
+        Mat<T> ds = d_out * vs.transpose();  // dP
+        for (std::int64_t a = 0; a < nq; ++a) {
+          ds.row(a) = (p.row(a).array() * (ds.row(a).array() - dp[first + a * item.r])).matrix();
+        }
+        MutRows<T>(dq + qoff + first * qrow, nq, g.d, qs_stride).noalias() += scale * ds * ks;
+        MutRows<T>(dk + koff + first * qrow, nk, g.d, qs_stride).noalias() +=
+            scale * ds.transpose() * qs;
+      });
+    }
+  }
+}
+
+}  // namespace
+
+AttentionOutput dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const DilatedAttentionConfig& config) {
+  config.validate();
+  Geometry g = cpu::check_attention_inputs(q, k, v, "dilated_attention");
+  DType ct = cpu::attention_compute_dtype(q.dtype());
+  Tensor qc = cpu::attention_operand(q);
+  Tensor kc = cpu::attention_operand(k);
+  Tensor vc = cpu::attention_operand(v);
+  Tensor out = empty({g.batch, g.nq, g.heads, g.dv}, {ct});
+  Tensor lse = empty({g.batch, g.heads, g.nq}, {ct});
+  auto plans = plan_heads(config, g.heads);
+  double scale = cpu::attention_scale(config.scale, g.d);
+  if (ct == DType::f64) {
+    forward_kernel<double>(qc.data<double>(), kc.data<double>(), vc.data<double>(),
+                           out.data<double>(), lse.data<double>(), g, plans, scale, config.causal);
+  } else {
+    forward_kernel<float>(qc.data<float>(), kc.data<float>(), vc.data<float>(), out.data<float>(),
+                          lse.data<float>(), g, plans, static_cast<float>(scale), config.causal);
+  }
+  return {to(out, q.dtype()), lse};
+}
+
+AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                          const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                          const DilatedAttentionConfig& config) {
+  config.validate();
+  Geometry g = cpu::check_attention_inputs(q, k, v, "dilated_attention_backward");
+  LN_CHECK(out.shape() == Shape({g.batch, g.nq, g.heads, g.dv}) && dout.shape() == out.shape() &&
+               lse.shape() == Shape({g.batch, g.heads, g.nq}),
+           "dilated_attention_backward: out ", describe(out), ", dout ", describe(dout),
+           " and lse ", describe(lse), " do not fit q ", describe(q), " and v ", describe(v));
+  DType ct = cpu::attention_compute_dtype(q.dtype());
+  Tensor qc = cpu::attention_operand(q);
+  Tensor kc = cpu::attention_operand(k);
+  Tensor vc = cpu::attention_operand(v);
+  Tensor oc = cpu::attention_operand(out);
+  Tensor doc = cpu::attention_operand(dout);
+  Tensor lc = cpu::attention_operand(lse);
+  AttentionGrads grads{zeros(q.shape(), {ct}), zeros(k.shape(), {ct}), zeros(v.shape(), {ct})};
+  auto plans = plan_heads(config, g.heads);
+  double scale = cpu::attention_scale(config.scale, g.d);
+  if (ct == DType::f64) {
+    backward_kernel<double>(qc.data<double>(), kc.data<double>(), vc.data<double>(),
+                            oc.data<double>(), lc.data<double>(), doc.data<double>(),
+                            grads.dq.data<double>(), grads.dk.data<double>(),
+                            grads.dv.data<double>(), g, plans, scale, config.causal);
+  } else {
+    backward_kernel<float>(qc.data<float>(), kc.data<float>(), vc.data<float>(), oc.data<float>(),
+                           lc.data<float>(), doc.data<float>(), grads.dq.data<float>(),
+                           grads.dk.data<float>(), grads.dv.data<float>(), g, plans,
+                           static_cast<float>(scale), config.causal);
+  }
+  return {to(grads.dq, q.dtype()), to(grads.dk, k.dtype()), to(grads.dv, v.dtype())};
+}
+
+Variable dilated_attention(const Variable& q, const Variable& k, const Variable& v,
+                           const DilatedAttentionConfig& config) {
+  const Tensor& qd = q.data();
+  const Tensor& kd = k.data();
+  const Tensor& vd = v.data();
+  AttentionOutput r = dilated_attention_forward(qd, kd, vd, config);
+  Tensor out = r.out;
+  Tensor lse = r.lse;
+  return make_result(out, {q, k, v}, "dilated_attention", [=](const Tensor& g) {
+    AttentionGrads d = dilated_attention_backward(qd, kd, vd, out, lse, g, config);
+    return std::vector<Tensor>{d.dq, d.dk, d.dv};
+  });
+}
+
+Variable dense_attention(const Variable& q, const Variable& k, const Variable& v, bool causal,
+                         std::optional<double> scale) {
+  LN_CHECK(q.dim() == 4 && k.dim() == 4, "dense_attention: q and k must be (batch, seq, heads, ",
+           "head_dim), got ", describe(q.data()), " and ", describe(k.data()));
+  std::int64_t n = std::max<std::int64_t>({q.size(1), k.size(1), 1});
+  DilatedAttentionConfig config{{n}, {1}, DilatedMode::paper, causal, scale};
+  return dilated_attention(q, k, v, config);
+}
+
+}  // namespace longnet
