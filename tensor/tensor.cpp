@@ -24,6 +24,7 @@ std::int64_t Tensor::stride(std::int64_t d) const { return strides_[wrap_dim(d, 
 Device Tensor::device() const { return storage_ ? storage_->device() : Device::cpu(); }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // no element to be out of place
   std::int64_t expected = 1;
   for (auto d = dim() - 1; d >= 0; --d) {
     if (shape_[d] != 1 && strides_[d] != expected) return false;

@@ -1,0 +1,141 @@
+#include "models/transformer.h"
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "nn/init.h"
+
+namespace longnet {
+
+MagnetoGamma magneto_gamma(std::int64_t encoder_layers, std::int64_t decoder_layers) {
+  auto n = static_cast<double>(encoder_layers);
+  auto m = static_cast<double>(decoder_layers);
+  MagnetoGamma g;
+  if (encoder_layers > 0 && decoder_layers > 0) {
+    g.encoder = std::sqrt(std::log(3 * m) * std::log(2 * n) / 3);
+    g.decoder = std::sqrt(std::log(3 * m));
+  } else {
+    if (encoder_layers > 0) g.encoder = std::sqrt(std::log(2 * n));
+    if (decoder_layers > 0) g.decoder = std::sqrt(std::log(2 * m));
+  }
+  return g;
+}
+
+void LayerConfig::validate() const {
+  LN_CHECK(d_model >= 1, "d_model is ", d_model, "; valid: integers >= 1");
+  LN_CHECK(d_ff >= 1, "d_ff is ", d_ff, "; valid: integers >= 1");
+  LN_CHECK(dropout >= 0 && dropout < 1, "dropout is ", dropout, "; valid: [0, 1)");
+  LN_CHECK(gamma > 0, "gamma is ", gamma, "; valid: > 0");
+}
+
+AttentionConfig causal_version(AttentionConfig config) {
+  std::visit(
+      [](auto& c) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(c)>, AutoAttentionConfig>) {
+          c.dilated.causal = true;
+        } else {
+          c.causal = true;
+        }
+      },
+      config);
+  return config;
+}
+
+namespace {
+
+MultiheadAttentionConfig attention_config(const LayerConfig& c, AttentionConfig attention,
+                                          PositionEncoding position) {
+  MultiheadAttentionConfig m;
+  m.embed_dim = c.d_model;
+  m.num_heads = c.num_heads;
+  m.attention = std::move(attention);
+  m.dropout = c.dropout;
+  m.gamma_init = c.gamma;
+  m.layernorm_eps = c.layernorm_eps;
+  m.position = position;
+  return m;
+}
+
+Variable residual(const Variable& x, const Variable& update, double p, Generator& gen,
+                  bool training) {
+  return add(x, dropout(update, p, gen, training));
+}
+
+}  // namespace
+
+FeedForward::FeedForward(const LayerConfig& c, Generator& gen, TensorOptions options)
+    : dropout_(c.dropout) {
+  c.validate();
+  register_module("fc1", &FeedForward::fc1_,
+                  std::make_shared<Linear>(c.d_model, c.d_ff, gen, true, options));
+  register_module("ffn_layernorm", &FeedForward::ffn_layernorm_,
+                  std::make_shared<LayerNorm>(c.d_ff, c.layernorm_eps, true, options));
+  register_module("fc2", &FeedForward::fc2_,
+                  std::make_shared<Linear>(c.d_ff, c.d_model, gen, true, options));
+  xavier_normal_(fc1_->weight(), c.gamma, gen);
+  xavier_normal_(fc2_->weight(), c.gamma, gen);
+}
+
+Variable FeedForward::forward(const Variable& x, Generator& gen) const {
+  Variable h = dropout(gelu(fc1_->forward(x)), dropout_, gen, is_training());
+  return fc2_->forward(ffn_layernorm_->forward(h));
+}
+
+EncoderLayer::EncoderLayer(const LayerConfig& c, Generator& gen, TensorOptions options)
+    : dropout_(c.dropout) {
+  c.validate();
+  register_module("self_attn_layer_norm", &EncoderLayer::self_attn_layer_norm_,
+                  std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
+  register_module("self_attn", &EncoderLayer::self_attn_,
+                  std::make_shared<MultiheadDilatedAttention>(
+                      attention_config(c, c.attention, c.position), gen, options));
+  register_module("final_layer_norm", &EncoderLayer::final_layer_norm_,
+                  std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
+  register_module("ffn", &EncoderLayer::ffn_, std::make_shared<FeedForward>(c, gen, options));
+}
+
+Variable EncoderLayer::forward(const Variable& x, Generator& gen) const {
+  Variable h = self_attn_layer_norm_->forward(x);
+  Variable y = residual(x, self_attn_->forward(h, h, gen), dropout_, gen, is_training());
+  return residual(y, ffn_->forward(final_layer_norm_->forward(y), gen), dropout_, gen,
+                  is_training());
+}
+
+DecoderLayer::DecoderLayer(const LayerConfig& c, bool cross_attention, Generator& gen,
+                           TensorOptions options)
+    : dropout_(c.dropout) {
+  c.validate();
+  register_module("self_attn_layer_norm", &DecoderLayer::self_attn_layer_norm_,
+                  std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
+  register_module("self_attn", &DecoderLayer::self_attn_,
+                  std::make_shared<MultiheadDilatedAttention>(
+                      attention_config(c, causal_version(c.attention), c.position), gen, options));
+  if (cross_attention) {
+    register_module("encoder_attn_layer_norm", &DecoderLayer::encoder_attn_layer_norm_,
+                    std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
+    // Queries and keys come from different sequences: no rotary positions, no causal mask.
+    register_module(
+        "encoder_attn", &DecoderLayer::encoder_attn_,
+        std::make_shared<MultiheadDilatedAttention>(
+            attention_config(c, DenseAttentionConfig{}, PositionEncoding::none), gen, options));
+  }
+  register_module("final_layer_norm", &DecoderLayer::final_layer_norm_,
+                  std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
+  register_module("ffn", &DecoderLayer::ffn_, std::make_shared<FeedForward>(c, gen, options));
+}
+
+Variable DecoderLayer::forward(const Variable& x, const Variable& memory, Generator& gen,
+                               std::int64_t position_offset) const {
+  Variable h = self_attn_layer_norm_->forward(x);
+  Variable y =
+      residual(x, self_attn_->forward(h, h, gen, position_offset), dropout_, gen, is_training());
+  if (encoder_attn_) {
+    LN_CHECK(memory.defined(), "decoder layer with cross-attention needs the encoder output");
+    Variable c = encoder_attn_layer_norm_->forward(y);
+    y = residual(y, encoder_attn_->forward(c, memory, gen), dropout_, gen, is_training());
+  }
+  return residual(y, ffn_->forward(final_layer_norm_->forward(y), gen), dropout_, gen,
+                  is_training());
+}
+
+}  // namespace longnet

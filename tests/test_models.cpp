@@ -1,0 +1,193 @@
+// Multihead attention, Transformer layers and the LongNet models.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "models/longnet.h"
+#include "nn/loss.h"
+#include "tensor/copy.h"
+#include "tensor/creation.h"
+#include "tensor/view.h"
+
+namespace longnet {
+namespace {
+
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+LongNetConfig tiny_config() {
+  LongNetConfig c;
+  c.vocab_size = 11;
+  c.d_model = 8;
+  c.num_heads = 2;
+  c.encoder_layers = 1;
+  c.decoder_layers = 2;
+  c.d_ff = 16;
+  c.attention = DilatedAttentionConfig{{4, 8}, {1, 2}};
+  return c;
+}
+
+}  // namespace
+
+TEST_SUITE("models") {
+  TEST_CASE("MAGNETO gamma follows the formulas for the layer counts") {
+    CHECK(magneto_gamma(12, 0).encoder == doctest::Approx(std::sqrt(std::log(24.0))));
+    CHECK(magneto_gamma(0, 12).decoder == doctest::Approx(std::sqrt(std::log(24.0))));
+    MagnetoGamma both = magneto_gamma(6, 12);
+    CHECK(both.encoder == doctest::Approx(std::sqrt(std::log(36.0) * std::log(12.0) / 3)));
+    CHECK(both.decoder == doctest::Approx(std::sqrt(std::log(36.0))));
+  }
+
+  TEST_CASE("multihead attention configs are validated with the field named") {
+    MultiheadAttentionConfig c;
+    c.embed_dim = 10;
+    c.num_heads = 4;
+    CHECK(error_of([&] { c.validate(); }).find("divisible by num_heads") != std::string::npos);
+    c.num_heads = 2;
+    c.dropout = 1;
+    CHECK(error_of([&] { c.validate(); }).find("dropout is 1") != std::string::npos);
+    c.dropout = 0;
+    c.attention = BlockSparseConfig{BlockPattern::local_window, 0};
+    CHECK(error_of([&] { c.validate(); }).find("block_size is 0") != std::string::npos);
+    CHECK(error_of([] { parse_position_encoding("alibi"); }).find("valid: none, rope, xpos") !=
+          std::string::npos);
+  }
+
+  TEST_CASE("the factory builds every kind, auto picks the dilated kernel on the cpu") {
+    Generator gen(1);
+    Variable q(randn({1, 9, 2, 4}, gen, {DType::f64}));
+    Variable k(randn({1, 9, 2, 4}, gen, {DType::f64}));
+    Variable v(randn({1, 9, 2, 4}, gen, {DType::f64}));
+    DilatedAttentionConfig d{{4, 8}, {1, 2}, DilatedMode::paper, true};
+    auto a = make_attention(AutoAttentionConfig{d})->forward(q, k, v).data().to_vector<double>();
+    auto b = make_attention(d)->forward(q, k, v).data().to_vector<double>();
+    CHECK(a == b);
+    CHECK(make_attention(AutoAttentionConfig{d})->describe().find("auto") != std::string::npos);
+    CHECK(make_attention(DenseAttentionConfig{})->forward(q, k, v).shape() == Shape{1, 9, 2, 4});
+    CHECK(make_attention(BlockSparseConfig{})->forward(q, k, v).shape() == Shape{1, 9, 2, 4});
+    CHECK(std::string(kind_name(AttentionConfig{BlockSparseConfig{}})) == "block_sparse");
+    CHECK(error_of([&] {
+            make_attention(d, Device::cuda(0));
+          }).find("no implementation on cuda:0") != std::string::npos);
+  }
+
+  TEST_CASE("multihead attention: sub-LayerNorm, gamma gain and gradients") {
+    Generator gen(2);
+    MultiheadAttentionConfig c;
+    c.embed_dim = 8;
+    c.num_heads = 2;
+    c.attention = DilatedAttentionConfig{{4, 8}, {1, 2}, DilatedMode::grouped, true};
+    c.position = PositionEncoding::rope;
+    c.gamma_init = 3.0;
+    MultiheadDilatedAttention mha(c, gen, {DType::f64});
+    std::vector<std::string> names;
+    for (const auto& [n, p] : mha.named_parameters()) names.push_back(n);
+    CHECK(names == std::vector<std::string>{"q_proj.weight", "q_proj.bias", "k_proj.weight",
+                                            "k_proj.bias", "v_proj.weight", "v_proj.bias",
+                                            "out_proj.weight", "out_proj.bias",
+                                            "inner_attn_ln.weight", "inner_attn_ln.bias"});
+    // gamma 3 makes v_proj's weights about three times wider than q_proj's.
+    auto spread = [&](const std::string& name) {
+      for (const auto& [n, p] : mha.named_parameters()) {
+        if (n == name) {
+          double total = 0;
+          for (double w : p.data().to_vector<double>()) total += w * w;
+          return std::sqrt(total / double(p.numel()));
+        }
+      }
+      return 0.0;
+    };
+    CHECK(spread("v_proj.weight") / spread("q_proj.weight") == doctest::Approx(3.0).epsilon(0.3));
+    Tensor x = randn({2, 7, 8}, gen, {DType::f64});
+    auto f = [&](const std::vector<Variable>& in) { return mha.forward(in[0], in[0], gen); };
+    GradcheckResult r = gradcheck(f, {x});
+    CHECK_MESSAGE(r.ok, r.message);
+    Tensor memory = randn({2, 5, 8}, gen, {DType::f64});
+    MultiheadAttentionConfig cross = c;
+    cross.attention = DenseAttentionConfig{};
+    cross.position = PositionEncoding::none;
+    MultiheadDilatedAttention cross_mha(cross, gen, {DType::f64});
+    CHECK(cross_mha.forward(Variable(x), Variable(memory), gen).shape() == Shape{2, 7, 8});
+  }
+
+  TEST_CASE("LongNetLM is causal: later tokens never change earlier logits") {
+    Generator gen(3);
+    LongNetConfig c = tiny_config();
+    LongNetLM lm(c, gen);
+    Tensor a = randint(0, 11, {1, 13}, gen);
+    Tensor b = clone(a);
+    copy_(narrow(b, 1, 9, 4), randint(0, 11, {1, 4}, gen));
+    auto early = [&](const Tensor& tokens) {
+      return narrow(lm.forward(tokens, gen).data(), 1, 0, 9).to_vector<float>();
+    };
+    CHECK(early(a) == early(b));
+    CHECK(lm.forward(a, gen).shape() == Shape{1, 13, 11});
+    CHECK(error_of([&] { lm.forward(zeros({13}, {DType::i64}), gen); }).find("(batch, seq)") !=
+          std::string::npos);
+  }
+
+  TEST_CASE("LongNet encoder-decoder: shapes, names and a causal decoder") {
+    Generator gen(4);
+    LongNet model(tiny_config(), gen);
+    Tensor source = randint(0, 11, {2, 6}, gen);
+    Tensor target = randint(0, 11, {2, 9}, gen);
+    Variable logits = model.forward(source, target, gen);
+    CHECK(logits.shape() == Shape{2, 9, 11});
+    bool cross = false;
+    for (const auto& [n, p] : model.named_parameters()) {
+      cross = cross || n == "decoder_layers.0.encoder_attn.q_proj.weight";
+    }
+    CHECK(cross);
+    Tensor changed = clone(target);
+    copy_(narrow(changed, 1, 5, 4), randint(0, 11, {2, 4}, gen));
+    auto early = [&](const Tensor& t) {
+      return narrow(model.forward(source, t, gen).data(), 1, 0, 5).to_vector<float>();
+    };
+    CHECK(early(target) == early(changed));
+    LongNetConfig paper = LongNetConfig::paper();
+    CHECK(paper.d_model == 768);
+    CHECK(paper.encoder_layers == 12);
+    CHECK(std::get<DilatedAttentionConfig>(paper.attention).segment_lengths.back() == 32768);
+  }
+
+  TEST_CASE("LongNetLM trains forward and backward at 16K tokens on the cpu") {
+    Generator gen(5);
+    LongNetConfig c;
+    c.vocab_size = 256;
+    c.d_model = 32;
+    c.num_heads = 4;
+    c.decoder_layers = 2;
+    c.d_ff = 64;
+    c.attention = DilatedAttentionConfig{{512, 2048, 16384}, {1, 4, 16}};
+    LongNetLM lm(c, gen);
+    const std::int64_t n = 16384;
+    Tensor tokens = randint(0, 256, {1, n + 1}, gen);
+    auto start = std::chrono::steady_clock::now();
+    Variable logits = lm.forward(narrow(tokens, 1, 0, n), gen);
+    Variable loss = cross_entropy(logits, contiguous(narrow(tokens, 1, 1, n)));
+    loss.backward();
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    MESSAGE("LongNetLM 16K tokens forward+backward: ", seconds, " s");
+    // Untrained logits are near uniform: the loss is close to log(256).
+    CHECK(loss.data().item() == doctest::Approx(std::log(256.0)).epsilon(0.1));
+    for (const auto& p : lm.parameters()) {
+      REQUIRE(p.grad().defined());
+      double total = 0;
+      for (float g : p.grad().to_vector<float>()) total += double(g) * g;
+      CHECK(std::isfinite(total));
+    }
+  }
+}
+
+}  // namespace longnet
