@@ -48,18 +48,19 @@ class DenseKernel final : public Attention {
 
 class DilatedKernel final : public Attention {
  public:
-  DilatedKernel(DilatedAttentionConfig c, const char* kind) : c_(std::move(c)), kind_(kind) {}
+  DilatedKernel(DilatedAttentionConfig c, bool chosen_by_auto)
+      : c_(std::move(c)), auto_(chosen_by_auto) {}
   Variable forward(const Variable& q, const Variable& k, const Variable& v) const override {
     return dilated_attention(q, k, v, c_);
   }
   std::string describe() const override {
-    return cat(kind_, ": dilated, ", c_.mode == DilatedMode::paper ? "paper" : "grouped",
-               " mode (cpu kernel)");
+    return cat(auto_ ? "auto: " : "", "dilated attention, ",
+               c_.mode == DilatedMode::paper ? "paper" : "grouped", " mode (cpu kernel)");
   }
 
  private:
   DilatedAttentionConfig c_;
-  const char* kind_;
+  bool auto_;
 };
 
 class BlockSparseKernel final : public Attention {
@@ -86,13 +87,13 @@ std::shared_ptr<const Attention> make_attention(const AttentionConfig& config, D
     case 0:
       return std::make_shared<DenseKernel>(std::get<DenseAttentionConfig>(config));
     case 1:
-      return std::make_shared<DilatedKernel>(std::get<DilatedAttentionConfig>(config), "dilated");
+      return std::make_shared<DilatedKernel>(std::get<DilatedAttentionConfig>(config), false);
     case 2:
       return std::make_shared<BlockSparseKernel>(std::get<BlockSparseConfig>(config));
     default:
       break;
   }
-  return std::make_shared<DilatedKernel>(std::get<AutoAttentionConfig>(config).dilated, "auto");
+  return std::make_shared<DilatedKernel>(std::get<AutoAttentionConfig>(config).dilated, true);
 }
 
 }  // namespace longnet
