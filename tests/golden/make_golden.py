@@ -219,6 +219,198 @@ def nn_rotary():
            "grad_x": x.grad, "grad_q": q.grad, "grad_k": k.grad})
 
 
+# Models: multihead dilated attention and one decoder layer (tests/test_models_golden.cpp).
+# Plain PyTorch from the definitions of DESIGN.md section 5: every branch and segment picks
+# its positions by explicit index lists, and each query's softmax runs over the keys it
+# gathered; nothing here follows the C++ kernels.
+
+
+def dilated_reference(q, k, v, segment_lengths, dilation_rates, mode, causal):
+    """q, k, v (B, N, H, D) -> (B, N, H, D) by per-(batch, head, query) index selection."""
+    b_size, n, h_size, d = q.shape
+    scale = d ** -0.5
+    m = len(segment_lengths)
+    if mode == "paper":
+        branches_of_head = [[(br, h % dilation_rates[br]) for br in range(m)]
+                            for h in range(h_size)]
+    else:  # grouped: contiguous groups, the first H mod m one head larger
+        sizes = [h_size // m + (1 if g < h_size % m else 0) for g in range(m)]
+        group_of_head = [g for g in range(m) for _ in range(sizes[g])]
+        branches_of_head = [[(g, g % dilation_rates[g])] for g in group_of_head]
+    out = torch.zeros_like(q)
+    rows = []
+    for h in range(h_size):
+        # keys[p]: the keys query p gathers over the head's branches (a multiset for paper),
+        # per branch for grouped mode.
+        keys = [[] for _ in range(n)]
+        for br, j in branches_of_head[h]:
+            w, r = segment_lengths[br], dilation_rates[br]
+            for t0 in range(0, n, w):
+                sel = list(range(t0 + j, min(t0 + w, n), r))
+                for p in sel:
+                    keys[p].append((br, [s for s in sel if not causal or s <= p]))
+        for p in range(n):
+            if mode == "paper":
+                groups = [[s for _, ks in keys[p] for s in ks]] if keys[p] else []
+            else:
+                groups = [ks for _, ks in keys[p]]
+            for ks in groups:
+                idx = torch.tensor(ks, dtype=torch.int64)
+                for bi in range(b_size):
+                    scores = (k[bi, idx, h, :] @ q[bi, p, h, :]) * scale
+                    o = torch.softmax(scores, dim=0) @ v[bi, idx, h, :]
+                    if mode == "grouped":
+                        o = o / m
+                    rows.append((bi, p, h, o))
+    # Assemble without in-place writes into a leaf-derived tensor: a sum of one-hot scatters.
+    for bi, p, h, o in rows:
+        hot = torch.zeros(b_size, n, h_size, 1)
+        hot[bi, p, h, 0] = 1.0
+        out = out + hot * o
+    return out
+
+
+def check_dilated_reference():
+    """Two independent readings of the definition agree with dilated_reference: one branch
+    covering the sequence at rate 1 is dense causal attention, and paper mode is the
+    per-branch softmaxes mixed with weights proportional to their denominators (eq. 10)."""
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 11, 2, 4, generator=gen) for _ in range(3))
+    scores = torch.einsum("bphd,bshd->bhps", q, k) * 0.5
+    scores = scores.masked_fill(torch.ones(11, 11).triu(1).bool(), float("-inf"))
+    dense = torch.einsum("bhps,bshd->bphd", scores.softmax(-1), v)
+    ours = dilated_reference(q, k, v, [16], [1], "paper", True)
+    assert torch.allclose(ours, dense, rtol=0, atol=1e-13), (ours - dense).abs().max()
+    num, den = torch.zeros(2, 11, 2, 4), torch.zeros(2, 11, 2, 1)
+    for w, r in ((4, 1), (8, 2)):
+        for h in range(2):
+            for t0 in range(0, 11, w):
+                sel = torch.arange(t0 + h % r, min(t0 + w, 11), r)
+                s = torch.einsum("bpd,bsd->bps", q[:, sel, h], k[:, sel, h]) * 0.5
+                s = s.masked_fill(sel[:, None] < sel[None, :], float("-inf"))
+                z = s.exp().sum(-1, keepdim=True)
+                num[:, sel, h] += z * torch.einsum("bps,bsd->bpd", s.softmax(-1), v[:, sel, h])
+                den[:, sel, h] += z
+    ours = dilated_reference(q, k, v, [4, 8], [1, 2], "paper", True)
+    assert torch.allclose(ours, num / den, rtol=0, atol=1e-13), (ours - num / den).abs().max()
+
+
+def random_linear(in_dim, out_dim):
+    lin = torch.nn.Linear(in_dim, out_dim)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(out_dim, in_dim) * 0.6)
+        lin.bias.copy_(torch.randn(out_dim) * 0.2)
+    return lin
+
+
+def random_layer_norm(dim):
+    ln = torch.nn.LayerNorm(dim, eps=1e-5)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.3 * torch.randn(dim))
+        ln.bias.copy_(0.2 * torch.randn(dim))
+    return ln
+
+
+class ReferenceMHA(torch.nn.Module):
+    """q/k/v projections, RoPE on q and k, dilated attention, sub-LayerNorm, out_proj."""
+
+    def __init__(self, embed, heads, segment_lengths, dilation_rates, mode, causal, rope):
+        super().__init__()
+        self.heads, self.rope = heads, rope
+        self.attn = (segment_lengths, dilation_rates, mode, causal)
+        self.q_proj = random_linear(embed, embed)
+        self.k_proj = random_linear(embed, embed)
+        self.v_proj = random_linear(embed, embed)
+        self.out_proj = random_linear(embed, embed)
+        self.inner_attn_ln = random_layer_norm(embed)
+
+    def forward(self, x):
+        b, n, e = x.shape
+        q, k, v = (proj(x).reshape(b, n, self.heads, e // self.heads)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.rope:
+            q, k = rotary(q, 0), rotary(k, 0)
+        a = dilated_reference(q, k, v, *self.attn).reshape(b, n, e)
+        return self.out_proj(self.inner_attn_ln(a))
+
+
+class ReferenceFFN(torch.nn.Module):
+    def __init__(self, d_model, d_ff):
+        super().__init__()
+        self.fc1 = random_linear(d_model, d_ff)
+        self.ffn_layernorm = random_layer_norm(d_ff)
+        self.fc2 = random_linear(d_ff, d_model)
+
+    def forward(self, x):
+        return self.fc2(self.ffn_layernorm(F.gelu(self.fc1(x))))
+
+
+class ReferenceDecoderLayer(torch.nn.Module):
+    """Pre-norm: x + self_attn(ln(x)) [causal], then + ffn(ln(x)); dropout 0."""
+
+    def __init__(self, d_model, heads, d_ff, segment_lengths, dilation_rates, rope):
+        super().__init__()
+        self.self_attn_layer_norm = random_layer_norm(d_model)
+        self.self_attn = ReferenceMHA(d_model, heads, segment_lengths, dilation_rates,
+                                      "paper", True, rope)
+        self.final_layer_norm = random_layer_norm(d_model)
+        self.ffn = ReferenceFFN(d_model, d_ff)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.ffn(self.final_layer_norm(x))
+
+
+def module_case(name, description, module, x):
+    """Writes x, w, y, loss = (y * w).sum(), every parameter under its own name, and the
+    gradients as grad_x and grad_<parameter name>."""
+    x = x.requires_grad_()
+    y = module(x)
+    w = torch.randn(y.shape)
+    loss = (y * w).sum()
+    loss.backward()
+    tensors = {"x": x, "w": w, "y": y, "loss": loss, "grad_x": x.grad}
+    for pname, param in module.named_parameters():
+        tensors[pname] = param
+        tensors["grad_" + pname] = param.grad
+    write(name, description, tensors)
+
+
+def mha_dilated_paper_rope():
+    check_dilated_reference()
+    torch.manual_seed(8901)
+    mha = ReferenceMHA(8, 2, [4, 8], [1, 2], "paper", True, True)
+    module_case("mha_dilated_paper_rope",
+                "MultiheadDilatedAttention self-attention, embed 8, 2 heads, dilated paper "
+                "mode, causal, segment_lengths [4, 8], dilation_rates [1, 2], RoPE on q and "
+                "k (offset 0), sub-LayerNorm (eps 1e-5) before out_proj, x [B=2, N=11, 8]; "
+                "parameters under their C++ names; loss = (y * w).sum()",
+                mha, torch.randn(2, 11, 8))
+
+
+def mha_dilated_grouped():
+    torch.manual_seed(9012)
+    mha = ReferenceMHA(12, 3, [3, 6], [1, 2], "grouped", True, False)
+    module_case("mha_dilated_grouped",
+                "MultiheadDilatedAttention self-attention, embed 12, 3 heads, dilated grouped "
+                "mode (groups of heads {0, 1} -> branch 0, {2} -> branch 1 at offset 1), "
+                "causal, segment_lengths [3, 6], dilation_rates [1, 2], no position encoding, "
+                "sub-LayerNorm before out_proj, x [B=2, N=11, 12]; loss = (y * w).sum()",
+                mha, torch.randn(2, 11, 12))
+
+
+def lm_layer():
+    torch.manual_seed(1357)
+    layer = ReferenceDecoderLayer(8, 2, 16, [4, 8], [1, 2], True)
+    module_case("lm_layer",
+                "one LongNetLM DecoderLayer without cross-attention: d_model 8, 2 heads, d_ff "
+                "16, causal dilated paper attention [4, 8] / [1, 2], RoPE, dropout 0; "
+                "x + self_attn(self_attn_layer_norm(x)), then + ffn(final_layer_norm(.)) with "
+                "ffn = fc2(ffn_layernorm(gelu_erf(fc1(.)))); x [B=2, N=11, 8]; "
+                "loss = (y * w).sum()",
+                layer, torch.randn(2, 11, 8))
+
+
 if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     log_softmax_nll()
@@ -228,3 +420,6 @@ if __name__ == "__main__":
     nn_layer_norm()
     nn_cross_entropy()
     nn_rotary()
+    mha_dilated_paper_rope()
+    mha_dilated_grouped()
+    lm_layer()
