@@ -3,27 +3,20 @@
 //
 //   longnet-bench-ops [--sizes 256,512,1024,2048] [--reps 7] [--json-only]
 #include <omp.h>
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <optional>
-#include <sstream>
 #include <string>
-#include <thread>
-#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "bench/harness.h"
 #include "tensor/creation.h"
 #include "tensor/elementwise.h"
 #include "tensor/matmul.h"
@@ -43,7 +36,8 @@ namespace {
 
 using longnet::Shape;
 using longnet::Tensor;
-using Clock = std::chrono::steady_clock;
+using longnet::bench::round3;
+using longnet::bench::Timing;
 
 struct Options {
   std::vector<std::int64_t> sizes = {256, 512, 1024, 2048};
@@ -65,17 +59,9 @@ void print_usage(std::ostream& out) {
 }
 
 std::int64_t parse_positive(const std::string& text, const char* flag) {
-  std::size_t used = 0;
-  long long value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || value <= 0) {
-    usage_error(std::string(flag) + " wants positive integers, got '" + text + "'");
-  }
-  return value;
+  auto value = longnet::bench::parse_positive(text);
+  if (!value) usage_error(std::string(flag) + " wants positive integers, got '" + text + "'");
+  return *value;
 }
 
 Options parse_options(int argc, char** argv) {
@@ -93,12 +79,10 @@ Options parse_options(int argc, char** argv) {
       return argv[++i];
     };
     if (arg == "--sizes") {
-      options.sizes.clear();
-      std::stringstream list(take_value());
-      for (std::string item; std::getline(list, item, ',');) {
-        options.sizes.push_back(parse_positive(item, "--sizes"));
-      }
-      if (options.sizes.empty()) usage_error("--sizes needs at least one size");
+      std::string text = take_value();
+      auto sizes = longnet::bench::parse_positive_list(text);
+      if (!sizes) usage_error("--sizes wants positive integers, got '" + text + "'");
+      options.sizes = *sizes;
     } else if (arg == "--reps") {
       options.reps = static_cast<int>(parse_positive(take_value(), "--reps"));
     } else if (arg == "--json-only" && !value) {
@@ -113,94 +97,10 @@ Options parse_options(int argc, char** argv) {
   return options;
 }
 
-std::string cpu_model() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);) {
-    if (line.rfind("model name", 0) == 0) {
-      auto colon = line.find(':');
-      if (colon == std::string::npos) break;
-      auto start = line.find_first_not_of(" \t", colon + 1);
-      return start == std::string::npos ? "unknown" : line.substr(start);
-    }
-  }
-  return "unknown";
+// Cases here take a millisecond or less: the harness's default warm-up and time floor.
+Timing time_median(int min_reps, auto&& fn) {
+  return longnet::bench::time_median({.min_reps = min_reps}, fn);
 }
-
-// Share of the machine's CPU time that other processes used over a short window before the
-// run (our own time is left out: OpenBLAS's new threads spin for a while at start-up). On two
-// cores one busy neighbour, a compiler say, slows an OpenMP team many times over.
-double others_busy_fraction() {
-  auto machine_ticks = [] {  // busy and total clock ticks over all cores
-    std::ifstream stat("/proc/stat");
-    std::string cpu;
-    stat >> cpu;
-    std::uint64_t total = 0;
-    std::uint64_t idle = 0;
-    std::uint64_t value = 0;
-    for (int field = 0; field < 8 && stat >> value; ++field) {
-      total += value;
-      if (field == 3 || field == 4) idle += value;  // idle, iowait
-    }
-    return std::pair{total - idle, total};
-  };
-  auto own_cpu_seconds = [] {
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    auto seconds = [](timeval t) { return static_cast<double>(t.tv_sec) + 1e-6 * t.tv_usec; };
-    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-  };
-  auto [busy0, total0] = machine_ticks();
-  double own0 = own_cpu_seconds();
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  auto [busy1, total1] = machine_ticks();
-  double own1 = own_cpu_seconds();
-  if (total1 <= total0) return 0.0;
-  auto tick_seconds = 1.0 / static_cast<double>(sysconf(_SC_CLK_TCK));
-  double others = static_cast<double>(busy1 - busy0) * tick_seconds - (own1 - own0);
-  return std::max(0.0, others / (static_cast<double>(total1 - total0) * tick_seconds));
-}
-
-std::string git_commit() {
-  FILE* pipe = popen("git -C '" LONGNET_SOURCE_ROOT "' rev-parse --short HEAD 2>/dev/null", "r");
-  if (pipe == nullptr) return "unknown";
-  char buffer[64] = {};
-  std::string commit;
-  if (std::fgets(buffer, sizeof buffer, pipe) != nullptr) commit = buffer;
-  int status = pclose(pipe);
-  while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back()))) {
-    commit.pop_back();
-  }
-  return status == 0 && !commit.empty() ? commit : "unknown";
-}
-
-struct Timing {
-  double median_ms = 0;
-  int reps = 0;
-};
-
-// Median wall time of fn. Warm-up runs for at least a quarter second as well as two calls: a
-// thread pool left spinning by the previous library (OpenBLAS's pthreads or OpenMP's) must go
-// to sleep before timing starts, or it steals one of the two cores. Timed calls go on past
-// min_reps until half a second has passed, so short cases get a median of many samples.
-template <class Fn>
-Timing time_median(int min_reps, Fn&& fn) {
-  auto warm_start = Clock::now();
-  for (int i = 0; i < 2 || Clock::now() - warm_start < std::chrono::milliseconds(250); ++i) {
-    fn();
-  }
-  std::vector<double> times;
-  auto timed_start = Clock::now();
-  while (static_cast<int>(times.size()) < min_reps ||
-         Clock::now() - timed_start < std::chrono::milliseconds(500)) {
-    auto start = Clock::now();
-    fn();
-    times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
-  }
-  std::sort(times.begin(), times.end());
-  return {times[times.size() / 2], static_cast<int>(times.size())};
-}
-
-double round3(double x) { return std::round(x * 1000.0) / 1000.0; }
 
 // One case: what was computed, how much work it is, and the timings of ours and the peer.
 struct Result {
@@ -218,9 +118,9 @@ class Report {
   explicit Report(bool json_only)
       : json_only_(json_only),
         threads_(omp_get_max_threads()),
-        device_("cpu: " + cpu_model()),
-        commit_(git_commit()) {
-    if (double busy = others_busy_fraction(); busy > 0.1) {
+        device_("cpu: " + longnet::bench::cpu_model()),
+        commit_(longnet::bench::git_commit()) {
+    if (double busy = longnet::bench::others_busy_fraction(); busy > 0.1) {
       std::cerr << "warning: other processes kept the CPU " << static_cast<int>(busy * 100)
                 << "% busy before the run; figures will be low\n";
     }
