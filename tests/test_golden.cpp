@@ -22,93 +22,14 @@
 #include "tensor/creation.h"
 #include "tensor/tensor.h"
 #include "tensor/view.h"
+#include "tests/golden_fixture.h"
 
 namespace {
 
 using namespace longnet;
 using nlohmann::json;
 
-// |actual - expected| <= atol + rtol * |expected|, elementwise. The f32 atol covers
-// cancellation: an output near 0 summed from O(1) f32 products keeps their ~1e-6 absolute
-// error (measured up to 1.3e-6 on y of matmul_chain; f64 errors stay below 1e-14).
-struct Tolerance {
-  DType dtype;
-  double rtol;
-  double atol;
-};
-constexpr Tolerance kF64{DType::f64, 1e-10, 1e-12};
-constexpr Tolerance kF32{DType::f32, 1e-5, 1e-5};
-
-json load_fixture(const std::string& name) {
-  const char* root = std::getenv("LONGNET_SOURCE_ROOT");
-  if (root == nullptr || *root == '\0') {
-    throw std::runtime_error(
-        "LONGNET_SOURCE_ROOT is not set: run through `meson test`, or set it to the source "
-        "tree so that $LONGNET_SOURCE_ROOT/tests/golden/" +
-        name + ".json exists");
-  }
-  auto path = std::filesystem::path(root) / "tests" / "golden" / (name + ".json");
-  std::ifstream in(path);
-  if (!in) {
-    throw std::runtime_error("cannot open golden fixture " + path.string() +
-                             "; regenerate it with /usr/bin/python3 tests/golden/make_golden.py");
-  }
-  return json::parse(in);
-}
-
-struct Golden {
-  Shape shape;
-  std::vector<double> data;
-};
-
-Golden golden(const json& doc, const std::string& key) {
-  if (!doc.contains(key)) throw std::runtime_error("golden fixture has no tensor \"" + key + "\"");
-  const json& t = doc.at(key);
-  return {t.at("shape").get<Shape>(), t.at("data").get<std::vector<double>>()};
-}
-
-// A fixture tensor as a tensor of dtype (values cast from the stored f64).
-Tensor input(const json& doc, const std::string& key, DType dtype) {
-  Golden g = golden(doc, key);
-  return to(from_data<double>(g.data, g.shape), dtype);
-}
-
-Tensor index_input(const json& doc, const std::string& key) {
-  const json& t = doc.at(key);
-  return from_data<std::int64_t>(t.at("data").get<std::vector<std::int64_t>>(),
-                                 t.at("shape").get<Shape>());
-}
-
-// Checks every element of actual against the fixture's tensor key; one CHECK per tensor,
-// whose message lists the first mismatches.
-void check_close(const Tensor& actual, const json& doc, const std::string& key, Tolerance tol) {
-  // A std::string: doctest would print a bare const char* as a pointer.
-  const std::string where = "\"" + key + "\" in " + name(tol.dtype);
-  INFO("golden tensor ", where);
-  Golden expected = golden(doc, key);
-  REQUIRE_MESSAGE(actual.defined(), "no value computed");
-  CHECK(actual.dtype() == tol.dtype);
-  REQUIRE_MESSAGE(actual.shape() == expected.shape, "shape ", str(actual.shape()), ", PyTorch has ",
-                  str(expected.shape));
-  std::vector<double> got = actual.to_vector<double>();
-  REQUIRE(got.size() == expected.data.size());
-
-  std::ostringstream report;
-  report.precision(17);
-  int mismatches = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    double want = expected.data[i];
-    double err = std::abs(got[i] - want);
-    if (!(err <= tol.atol + tol.rtol * std::abs(want))) {  // also catches NaN
-      if (++mismatches <= 8) {
-        report << "\n  [" << i << "] got " << got[i] << ", PyTorch " << want << " (abs err " << err
-               << ")";
-      }
-    }
-  }
-  CHECK_MESSAGE(mismatches == 0, mismatches, " of ", got.size(), " elements of ", where,
-                " differ from PyTorch beyond rtol ", tol.rtol, ", atol ", tol.atol, report.str());
-}
+using namespace fixtures;
 
 // loss = nll_loss(log_softmax(x, -1), targets), mean over the batch.
 void check_log_softmax_nll(const json& doc, Tolerance tol) {

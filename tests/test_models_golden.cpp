@@ -24,6 +24,7 @@
 #include "models/transformer.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tests/golden_fixture.h"
 
 namespace longnet {
 namespace {
@@ -32,73 +33,9 @@ using nlohmann::json;
 
 // --- Golden fixtures (the loading helpers of tests/test_golden.cpp) -----------------------
 
-// |actual - expected| <= atol + rtol * |expected|, elementwise.
-struct Tolerance {
-  DType dtype;
-  double rtol;
-  double atol;
-};
-constexpr Tolerance kF64{DType::f64, 1e-10, 1e-10};
-
-json load_fixture(const std::string& name) {
-  const char* root = std::getenv("LONGNET_SOURCE_ROOT");
-  if (root == nullptr || *root == '\0') {
-    throw std::runtime_error(
-        "LONGNET_SOURCE_ROOT is not set: run through `meson test`, or set it to the source "
-        "tree so that $LONGNET_SOURCE_ROOT/tests/golden/" +
-        name + ".json exists");
-  }
-  auto path = std::filesystem::path(root) / "tests" / "golden" / (name + ".json");
-  std::ifstream in(path);
-  if (!in) {
-    throw std::runtime_error("cannot open golden fixture " + path.string() +
-                             "; regenerate it with /usr/bin/python3 tests/golden/make_golden.py");
-  }
-  return json::parse(in);
-}
-
-struct Golden {
-  Shape shape;
-  std::vector<double> data;
-};
-
-Golden golden(const json& doc, const std::string& key) {
-  if (!doc.contains(key)) throw std::runtime_error("golden fixture has no tensor \"" + key + "\"");
-  const json& t = doc.at(key);
-  return {t.at("shape").get<Shape>(), t.at("data").get<std::vector<double>>()};
-}
-
-Tensor input(const json& doc, const std::string& key, DType dtype) {
-  Golden g = golden(doc, key);
-  return to(from_data<double>(g.data, g.shape), dtype);
-}
-
-void check_close(const Tensor& actual, const json& doc, const std::string& key, Tolerance tol) {
-  const std::string where = "\"" + key + "\" in " + name(tol.dtype);
-  INFO("golden tensor ", where);
-  Golden expected = golden(doc, key);
-  REQUIRE_MESSAGE(actual.defined(), "no value computed");
-  CHECK(actual.dtype() == tol.dtype);
-  REQUIRE_MESSAGE(actual.shape() == expected.shape, "shape ", str(actual.shape()), ", PyTorch has ",
-                  str(expected.shape));
-  std::vector<double> got = actual.to_vector<double>();
-  REQUIRE(got.size() == expected.data.size());
-  std::ostringstream report;
-  report.precision(17);
-  int mismatches = 0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    double want = expected.data[i];
-    double err = std::abs(got[i] - want);
-    if (!(err <= tol.atol + tol.rtol * std::abs(want))) {
-      if (++mismatches <= 8) {
-        report << "\n  [" << i << "] got " << got[i] << ", PyTorch " << want << " (abs err " << err
-               << ")";
-      }
-    }
-  }
-  CHECK_MESSAGE(mismatches == 0, mismatches, " of ", got.size(), " elements of ", where,
-                " differ from PyTorch beyond rtol ", tol.rtol, ", atol ", tol.atol, report.str());
-}
+using namespace fixtures;
+// Whole modules accumulate more rounding than single ops: 1e-10 absolute as well.
+constexpr Tolerance kModuleF64{DType::f64, 1e-10, 1e-10};
 
 // The fixture's parameters: every tensor key with a dot in its name ("q_proj.weight"),
 // gradients ("grad_...") aside.
@@ -124,11 +61,11 @@ void check_module_matches(Module& module, const json& doc,
   Variable y = forward(x);
   Variable loss = sum(y * Variable(input(doc, "w", DType::f64)));
   loss.backward();
-  check_close(y.data(), doc, "y", kF64);
-  check_close(loss.data(), doc, "loss", kF64);
-  check_close(x.grad(), doc, "grad_x", kF64);
+  check_close(y.data(), doc, "y", kModuleF64);
+  check_close(loss.data(), doc, "loss", kModuleF64);
+  check_close(x.grad(), doc, "grad_x", kModuleF64);
   for (const auto& [name, param] : module.named_parameters()) {
-    check_close(param.grad(), doc, "grad_" + name, kF64);
+    check_close(param.grad(), doc, "grad_" + name, kModuleF64);
   }
 }
 
