@@ -7,8 +7,14 @@
 namespace longnet {
 
 std::int64_t numel(const Shape& shape) {
+  for (auto s : shape) {
+    if (s == 0) return 0;  // before any product that could overflow
+  }
   std::int64_t n = 1;
-  for (auto s : shape) n *= s;
+  for (auto s : shape) {
+    LN_CHECK(!__builtin_mul_overflow(n, s, &n), "shape ", str(shape),
+             " has more elements than a 64-bit count holds");
+  }
   return n;
 }
 

@@ -10,6 +10,7 @@ namespace longnet {
 using Shape = std::vector<std::int64_t>;
 using Strides = std::vector<std::int64_t>;
 
+// Element count; a count beyond int64 is an error.
 std::int64_t numel(const Shape& shape);
 Strides contiguous_strides(const Shape& shape);
 std::string str(const Shape& shape);  // "[2, 3]"
