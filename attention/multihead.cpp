@@ -14,6 +14,18 @@ PositionEncoding parse_position_encoding(const std::string& text) {
   throw Error(cat("unknown position encoding \"", text, "\" (valid: none, rope, xpos)"));
 }
 
+const char* name(PositionEncoding encoding) {
+  switch (encoding) {
+    case PositionEncoding::none:
+      return "none";
+    case PositionEncoding::rope:
+      return "rope";
+    case PositionEncoding::xpos:
+      return "xpos";
+  }
+  return "?";
+}
+
 void MultiheadAttentionConfig::validate() const {
   LN_CHECK(embed_dim >= 1, "embed_dim is ", embed_dim, "; valid: integers >= 1");
   LN_CHECK(num_heads >= 1, "num_heads is ", num_heads, "; valid: integers >= 1");

@@ -23,6 +23,7 @@ enum class PositionEncoding { none, rope, xpos };
 
 // "none", "rope", "xpos"; anything else is an error listing them.
 PositionEncoding parse_position_encoding(const std::string& text);
+const char* name(PositionEncoding encoding);
 
 struct MultiheadAttentionConfig {
   std::int64_t embed_dim = 768;

@@ -5,24 +5,17 @@
 #include "autograd/ops.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tests/error_of.h"
 
 namespace longnet {
 namespace {
+
+using testing::error_of;
 
 Variable leaf(const std::vector<float>& v, const Shape& shape) {
   return Variable(from_data<float>(v, shape), true);
 }
 std::vector<float> grad_of(const Variable& v) { return v.grad().to_vector<float>(); }
-
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 }  // namespace
 

@@ -11,19 +11,12 @@
 #include "tensor/copy.h"
 #include "tensor/creation.h"
 #include "tensor/view.h"
+#include "tests/error_of.h"
 
 namespace longnet {
 namespace {
 
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using testing::error_of;
 
 LongNetConfig tiny_config() {
   LongNetConfig c;

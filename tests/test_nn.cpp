@@ -34,27 +34,17 @@
 #include "tensor/elementwise.h"
 #include "tensor/reduce.h"
 #include "tensor/view.h"
+#include "tests/error_of.h"
 #include "tests/golden_fixture.h"
 
 namespace longnet {
 namespace {
 
+using testing::contains;
+using testing::error_of;
+
 using Fn = std::function<Variable(const std::vector<Variable>&)>;
 using nlohmann::json;
-
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 void check_gradcheck(const Fn& f, const std::vector<Tensor>& inputs) {
   GradcheckResult result = gradcheck(f, inputs);

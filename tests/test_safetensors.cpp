@@ -19,26 +19,17 @@
 #include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
 #include "tensor/view.h"
+#include "tests/error_of.h"
+#include "tests/temp_dir.h"
 #include "train/safetensors.h"
 
 namespace longnet {
 namespace {
 
+using testing::contains;
+using testing::error_of;
+
 namespace fs = std::filesystem;
-
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
-bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 // The 8-byte little-endian length prefix.
 std::string le64(std::uint64_t n) {
@@ -83,29 +74,7 @@ void write_file(const fs::path& path, const std::string& bytes) {
   out << bytes;
 }
 
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = fs::temp_directory_path() /
-           cat("longnet-safetensors-", ::getpid(), "-", now, "-", counter++);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(path)) names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-};
+using testing::TempDir;
 
 // A small valid file: three tensors of different dtypes and a metadata entry.
 std::string small_file() {

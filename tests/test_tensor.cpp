@@ -15,21 +15,14 @@
 #include "tensor/reduce.h"
 #include "tensor/softmax.h"
 #include "tensor/view.h"
+#include "tests/error_of.h"
 
 namespace longnet {
 namespace {
 
-std::vector<float> values(const Tensor& t) { return t.to_vector<float>(); }
+using testing::error_of;
 
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+std::vector<float> values(const Tensor& t) { return t.to_vector<float>(); }
 
 }  // namespace
 

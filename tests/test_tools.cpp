@@ -12,6 +12,7 @@
 #include "autograd/ops.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tests/temp_dir.h"
 #include "train/attention_config.h"
 #include "train/safetensors.h"
 
@@ -20,12 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("longnet-tools-" + std::to_string(::getpid()));
-  TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
+using testing::TempDir;
 
 std::string tool() {
   const char* path = std::getenv("LONGNET_ATTENTION_TOOL");

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tensor/copy.h"
+#include "train/file_io.h"
 
 namespace longnet {
 
@@ -54,8 +55,6 @@ std::optional<DType> parse_dtype(const std::string& text) {
   }
   return std::nullopt;
 }
-
-std::string errno_text(int err) { return std::generic_category().message(err); }
 
 // A JSON value for an error message: scalars as written (cut short), containers by type,
 // so that a hostile header never makes a long message or a deep recursion.
@@ -230,50 +229,6 @@ SafetensorsFile parse(std::uint64_t size, const ReadAt& read_at, const std::stri
 }
 
 // An open file descriptor, closed on scope exit.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { close(); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now; returns close's result.
-  int close() {
-    int rc = fd_ >= 0 ? ::close(fd_) : 0;
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
-
-void read_exact(int fd, std::uint64_t offset, void* dst, std::uint64_t n, const std::string& path) {
-  auto* out = static_cast<char*>(dst);
-  while (n > 0) {
-    auto chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, 1U << 30));
-    ssize_t got = ::pread(fd, out, chunk, static_cast<off_t>(offset));
-    if (got < 0 && errno == EINTR) continue;
-    LN_CHECK(got >= 0, "reading ", path, " at byte ", offset, ": ", errno_text(errno));
-    LN_CHECK(got > 0, path, ": unexpected end of file at byte ", offset,
-             " (did the file change while it was read?)");
-    out += got;
-    offset += static_cast<std::uint64_t>(got);
-    n -= static_cast<std::uint64_t>(got);
-  }
-}
-
-void write_all(int fd, const void* src, std::uint64_t n, const std::string& path) {
-  const auto* in = static_cast<const char*>(src);
-  while (n > 0) {
-    auto chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, 1U << 30));
-    ssize_t put = ::write(fd, in, chunk);
-    if (put < 0 && errno == EINTR) continue;
-    LN_CHECK(put > 0, "writing ", path, ": ", errno_text(put < 0 ? errno : EIO));
-    in += put;
-    n -= static_cast<std::uint64_t>(put);
-  }
-}
 
 // A string as a JSON string literal; what names it in the error when it is not UTF-8.
 std::string json_string(const std::string& s, const std::string& what) {
@@ -386,7 +341,7 @@ SafetensorsFile parse_safetensors(std::string_view bytes, const std::string& sou
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   LN_CHECK(fd.get() >= 0, "cannot open ", path, ": ", errno_text(errno));
   struct stat info {};
   LN_CHECK(::fstat(fd.get(), &info) == 0, "cannot stat ", path, ": ", errno_text(errno));
@@ -408,21 +363,10 @@ std::string serialize_safetensors(const NamedTensors& tensors,
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata) {
   std::string header = encode_header(tensors, metadata, path);
-  std::string tmp = path + ".tmp";
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  LN_CHECK(fd.get() >= 0, "cannot create ", tmp, ": ", errno_text(errno));
-  try {
-    write_all(fd.get(), header.data(), header.size(), tmp);
-    write_data(tensors, [&](const void* p, std::uint64_t n) { write_all(fd.get(), p, n, tmp); });
-    LN_CHECK(::fsync(fd.get()) == 0, "flushing ", tmp, ": ", errno_text(errno));
-    LN_CHECK(fd.close() == 0, "closing ", tmp, ": ", errno_text(errno));
-    LN_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "renaming ", tmp, " to ", path, ": ",
-             errno_text(errno));
-  } catch (...) {
-    fd.close();
-    ::unlink(tmp.c_str());
-    throw;
-  }
+  write_file_atomically(path, [&](const ByteSink& sink) {
+    sink(header.data(), header.size());
+    write_data(tensors, sink);
+  });
 }
 
 }  // namespace longnet

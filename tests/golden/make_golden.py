@@ -10,6 +10,7 @@ round-trips a float64 exactly. Regenerate with:
 """
 
 import json
+import math
 import os
 
 import torch
@@ -411,6 +412,63 @@ def lm_layer():
                 layer, torch.randn(2, 11, 8))
 
 
+# Optimisation (tests/test_optim.cpp).
+
+
+def cosine_lr(lr, warmup_steps, total_steps, min_lr_ratio, step):
+    """scheduled_lr of train/optim.h for the cosine schedule."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    last = total_steps - 1
+    progress = (min(step, last) - warmup_steps) / max(last - warmup_steps, 1)
+    min_lr = min_lr_ratio * lr
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def adamw_steps():
+    torch.manual_seed(2468)
+    steps, max_norm = 5, 1.0
+    weight = torch.randn(4, 3, requires_grad=True)
+    bias = torch.randn(4, requires_grad=True)
+    initial = {"weight_0": weight.detach().clone(), "bias_0": bias.detach().clone()}
+    # Gradient norms 5.8, 0.42, 2.7, 0.21, 1.1: steps 0, 2 and 4 clip.
+    grad_scale = torch.tensor([2.0, 0.1, 0.75, 0.05, 0.3])[:, None]
+    grad_weight = torch.randn(steps, 4, 3) * grad_scale[:, :, None]
+    grad_bias = torch.randn(steps, 4) * grad_scale
+    opt = torch.optim.AdamW([{"params": [weight], "weight_decay": 0.1},
+                             {"params": [bias], "weight_decay": 0.0}],
+                            lr=0.05, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    lrs, norms, weights, biases = [], [], [], []
+    for t in range(steps):
+        lr = cosine_lr(0.05, 2, steps, 0.1, t)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        weight.grad = grad_weight[t].clone()
+        bias.grad = grad_bias[t].clone()
+        norm = torch.nn.utils.clip_grad_norm_([weight, bias], max_norm)
+        opt.step()
+        lrs.append(lr)
+        norms.append(float(norm))
+        weights.append(weight.detach().clone())
+        biases.append(bias.detach().clone())
+    clipped = [n > max_norm for n in norms]
+    assert any(clipped) and not all(clipped), norms
+    write("adamw_steps",
+          "5 steps of torch.optim.AdamW(betas=(0.9, 0.95), eps=1e-8, foreach=False) on a "
+          "weight [4,3] (weight_decay 0.1) and a bias [4] (weight_decay 0) from weight_0, "
+          "bias_0; step t sets the gradients grad_weight[t], grad_bias[t], clips them with "
+          "clip_grad_norm_(max_norm=1) (grad_norm[t], before clipping) and steps with lr[t] "
+          "= cosine schedule (peak 0.05, warmup 2, total 5, min ratio 0.1); weight[t], "
+          "bias[t] after step t; the moments after the last step",
+          {**initial, "grad_weight": grad_weight, "grad_bias": grad_bias,
+           "lr": torch.tensor(lrs), "grad_norm": torch.tensor(norms),
+           "weight": torch.stack(weights), "bias": torch.stack(biases),
+           "exp_avg.weight": opt.state[weight]["exp_avg"],
+           "exp_avg_sq.weight": opt.state[weight]["exp_avg_sq"],
+           "exp_avg.bias": opt.state[bias]["exp_avg"],
+           "exp_avg_sq.bias": opt.state[bias]["exp_avg_sq"]})
+
+
 if __name__ == "__main__":
     torch.set_default_dtype(torch.float64)
     log_softmax_nll()
@@ -423,3 +481,4 @@ if __name__ == "__main__":
     mha_dilated_paper_rope()
     mha_dilated_grouped()
     lm_layer()
+    adamw_steps()

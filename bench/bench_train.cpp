@@ -1,0 +1,94 @@
+// longnet-bench-train: training throughput of a longnet-train configuration.
+//
+//   longnet-bench-train --config FILE --steps N [--warmup W (2)]
+//
+// Builds the configured model and data exactly as longnet-train does, runs W untimed
+// optimizer steps, then N timed ones (no evaluation, no checkpoints, nothing written), and
+// prints one JSON line: tokens/s (median and overall), step time and peak memory.
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/harness.h"
+#include "train/trainer.h"
+
+namespace {
+
+constexpr const char* kUsage = "usage: longnet-bench-train --config FILE --steps N [--warmup W]\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace longnet;
+  std::string config_path;
+  std::int64_t steps = 0;
+  std::int64_t warmup = 2;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i];
+    std::string value = argv[i + 1];
+    if (flag == "--config") {
+      config_path = value;
+    } else if (flag == "--steps" || flag == "--warmup") {
+      auto n = bench::parse_positive(value);
+      if (!n && !(flag == "--warmup" && value == "0")) {
+        std::cerr << "longnet-bench-train: " << flag << " needs a positive integer, got \"" << value
+                  << "\"\n"
+                  << kUsage;
+        return 2;
+      }
+      (flag == "--steps" ? steps : warmup) = n.value_or(0);
+    } else {
+      std::cerr << "longnet-bench-train: unknown option " << flag << "\n" << kUsage;
+      return 2;
+    }
+  }
+  if (argc % 2 == 0 || config_path.empty() || steps <= 0) {
+    std::cerr << kUsage;
+    return 2;
+  }
+  try {
+    TrainConfig config = load_train_config(config_path);
+    Trainer trainer(config, load_training_data(config));
+    for (std::int64_t i = 0; i < warmup; ++i) trainer.step();
+    std::vector<double> seconds;
+    std::int64_t tokens = 0;
+    auto start = bench::Clock::now();
+    for (std::int64_t i = 0; i < steps; ++i) {
+      StepStats s = trainer.step();
+      seconds.push_back(s.seconds);
+      tokens += s.tokens;
+    }
+    double total = std::chrono::duration<double>(bench::Clock::now() - start).count();
+    std::sort(seconds.begin(), seconds.end());
+    double median = seconds[seconds.size() / 2];
+    std::int64_t params = 0;
+    for (const auto& p : trainer.model().parameters()) params += p.numel();
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    nlohmann::json result = {
+        {"bench", "train"},
+        {"config", config_path},
+        {"device", config.train.device.is_cpu() ? bench::cpu_model() : "cuda"},
+        {"commit", bench::git_commit()},
+        {"parameters", params},
+        {"tokens_per_step", tokens / steps},
+        {"steps", steps},
+        {"step_ms_median", bench::round3(median * 1e3)},
+        {"tokens_per_s", bench::round3(static_cast<double>(tokens / steps) / median)},
+        {"tokens_per_s_overall", bench::round3(static_cast<double>(tokens) / total)},
+        {"peak_rss_bytes", static_cast<std::int64_t>(usage.ru_maxrss) * 1024},
+    };
+    std::cout << result.dump() << "\n";
+    return 0;
+  } catch (const ConfigError& e) {
+    std::cerr << "longnet-bench-train: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "longnet-bench-train: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,486 @@
+// longnet-train and longnet-generate: configuration checks, checkpoints, exact resume after
+// SIGKILL, corrupt-checkpoint fallback, numerical faults and deterministic sampling.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "tensor/copy.h"
+#include "tests/temp_dir.h"
+#include "train/generate.h"
+#include "train/trainer.h"
+
+extern char** environ;
+
+namespace longnet {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using testing::TempDir;
+
+// Text with structure a small model picks up quickly: sentences from a few words, chosen
+// by a fixed LCG.
+std::string toy_corpus(std::size_t bytes) {
+  const char* words[] = {"the ",  "lord ", "said ",  "unto ", "moses ", "and ",
+                         "land ", "of ",   "egypt ", "went ", "out ",   "into "};
+  std::string text;
+  std::uint32_t state = 12345;
+  while (text.size() < bytes) {
+    state = state * 1664525U + 1013904223U;
+    text += words[(state >> 16) % 12];
+    if ((state >> 8) % 7 == 0) text += ".\n";
+  }
+  text.resize(bytes);
+  return text;
+}
+
+// A small, fast configuration over a toy corpus in dir.
+json toy_config(const TempDir& dir) {
+  if (!fs::exists(dir.file("corpus.txt")))
+    std::ofstream(dir.file("corpus.txt")) << toy_corpus(20000);
+  json j = json::parse(R"({
+    "model": {"d_model": 32, "n_heads": 2, "n_layers": 2, "d_ff": 64,
+              "segment_lengths": [8, 16], "dilation_rates": [1, 2], "dropout": 0.1},
+    "data": {"seq_len": 16, "batch_size": 4},
+    "optim": {"lr": 0.003, "warmup_steps": 5},
+    "train": {"steps": 30, "eval_every": 10, "eval_batches": 2, "ckpt_every": 10,
+              "keep_ckpts": 2, "log_every": 10}
+  })");
+  j["data"]["train_path"] = dir.file("corpus.txt");
+  j["train"]["out_dir"] = dir.file("run");
+  return j;
+}
+
+// base with patch's keys merged in, section by section (RFC 7386).
+json merged(json base, const json& patch) {
+  base.merge_patch(patch);
+  return base;
+}
+
+std::string config_error(const json& j) {
+  try {
+    TrainConfig c = parse_train_config(j, "config.json");
+    check_run_environment(c);
+    load_training_data(c);
+  } catch (const ConfigError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("not a ConfigError: ") + e.what();
+  }
+  return "no error";
+}
+
+std::string tool(const char* variable) {
+  const char* path = std::getenv(variable);
+  std::string unset = std::string(variable) + " is not set (run through meson test)";
+  REQUIRE_MESSAGE(path != nullptr, unset);
+  return path;
+}
+
+// Starts program with args, stdout and stderr to log; returns its pid.
+pid_t spawn(const std::string& program, const std::vector<std::string>& args,
+            const std::string& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<char*> argv{const_cast<char*>(program.c_str())};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  REQUIRE_MESSAGE(rc == 0, "cannot start ", program);
+  return pid;
+}
+
+int exit_code(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+int run(const std::string& program, const std::vector<std::string>& args, const std::string& log) {
+  return exit_code(spawn(program, args, log));
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+void write_config(const TempDir& dir, const json& config, const std::string& name = "config.json") {
+  std::ofstream(dir.file(name)) << config.dump(2);
+}
+
+// The records of a metrics.jsonl without the timing fields, which differ between runs.
+std::vector<json> deterministic_metrics(const std::string& path) {
+  std::vector<json> records;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    json r = json::parse(line);
+    r.erase("tokens_per_s");
+    r.erase("peak_rss_mb");
+    records.push_back(r);
+  }
+  return records;
+}
+
+}  // namespace
+
+TEST_SUITE("train") {
+  TEST_CASE("a valid configuration parses and round-trips through to_json") {
+    TempDir dir;
+    TrainConfig c = parse_train_config(toy_config(dir), "config.json");
+    CHECK(c.model.d_model == 32);
+    CHECK(c.model.encoder_layers == 0);
+    CHECK(c.data.val_fraction == 0.05);  // defaults filled in
+    CHECK(c.optim.adamw.beta2 == 0.95);
+    CHECK(c.train.grad_accum == 1);
+    json again = to_json(parse_train_config(to_json(c), "again"));
+    CHECK(again == to_json(c));
+  }
+
+  TEST_CASE("every example configuration in configs/ is valid") {
+    const char* root = std::getenv("LONGNET_SOURCE_ROOT");
+    REQUIRE_MESSAGE(root != nullptr, "LONGNET_SOURCE_ROOT is not set (run through meson test)");
+    int count = 0;
+    for (const auto& entry : fs::directory_iterator(fs::path(root) / "configs")) {
+      CAPTURE(entry.path().string());
+      CHECK_NOTHROW(load_train_config(entry.path().string()));
+      ++count;
+    }
+    CHECK(count >= 3);
+  }
+
+  TEST_CASE("every configuration fault is an error naming the key and what is valid") {
+    TempDir dir;
+    json base = toy_config(dir);
+    std::ofstream(dir.file("not-a-dir")) << "x";
+    struct Case {
+      json patch;
+      std::vector<std::string> expected;
+    };
+    const std::vector<Case> cases = {
+        {{{"modle", json::object()}}, {"unknown key \"modle\"", "model"}},
+        {{{"model", {{"d_modle", 3}}}}, {"config.json: model", "unknown key \"d_modle\""}},
+        {{{"model", {{"d_model", "big"}}}}, {"\"d_model\" must be an integer"}},
+        {{{"model", {{"n_heads", 3}}}}, {"n_heads", "divisor of d_model (32)"}},
+        {{{"model", {{"dilation_rates", {1, 2, 4}}}}},
+         {"dilation_rates", "3 entries but segment_lengths has 2"}},
+        {{{"model", {{"segment_lengths", {8, 0}}}}}, {"model", "segment"}},
+        {{{"model", {{"dropout", 1.5}}}}, {"dropout", "[0, 1)"}},
+        {{{"model", {{"attention", "sparse"}}}}, {"attention", "dilated, dense, block_sparse"}},
+        {{{"model", {{"pos", "alibi"}}}}, {"pos", "rope, xpos, none"}},
+        {{{"model", {{"mode", "mixed"}}}}, {"mode", "paper, grouped"}},
+        {{{"model", {{"attention", "dense"}}}}, {"segment_lengths", "dilated attention only"}},
+        {{{"model", {{"vocab_size", 100}}}}, {"vocab_size is 100", "vocab_size >= 122"}},
+        {{{"data", {{"format", "words"}}}}, {"format", "bytes, tokens_u16"}},
+        {{{"data", {{"train_path", dir.file("missing.txt")}}}}, {"data.train_path", "missing.txt"}},
+        {{{"data", {{"seq_len", 20000}}}}, {"data.seq_len is 20000", "tokens"}},
+        {{{"data", {{"val_path", dir.file("corpus.txt")}, {"val_fraction", 0.1}}}},
+         {"val_fraction", "val_path"}},
+        {{{"data", {{"batch_size", 0}}}}, {"batch_size", ">= 1"}},
+        {{{"optim", {{"betas", {0.9}}}}}, {"betas", "list of 2 numbers"}},
+        {{{"optim", {{"lr", -1}}}}, {"\"lr\"", "(0, 10)"}},
+        {{{"optim", {{"schedule", "step"}}}}, {"schedule", "cosine, linear, constant"}},
+        {{{"train", {{"steps", 0}}}}, {"steps", ">= 1"}},
+        {{{"train", {{"steps", 5}}}}, {"warmup_steps", "is 5 but train.steps is 5"}},
+        {{{"train", {{"device", "tpu"}}}}, {"device", "cpu, cuda"}},
+        {{{"train", {{"out_dir", dir.file("not-a-dir")}}}}, {"train.out_dir", "not a directory"}},
+        {{{"train", {{"out_dir", dir.file("not-a-dir") + "/run"}}}},
+         {"train.out_dir", "cannot be created"}},
+        {{{"dist", {{"ranks", 2}}}}, {"dist", "unknown key \"ranks\""}},
+    };
+    for (const auto& c : cases) {
+      std::string message = config_error(merged(base, c.patch));
+      CAPTURE(c.patch.dump());
+      CAPTURE(message);
+      CHECK(message.find("not a ConfigError") == std::string::npos);
+      for (const auto& part : c.expected) CHECK(message.find(part) != std::string::npos);
+    }
+    CHECK(config_error(base) == "no error");
+  }
+
+  TEST_CASE("a token shard's ids must fit the vocabulary") {
+    TempDir dir;
+    std::vector<std::int32_t> header(256, 0);
+    header[0] = 20240520;
+    header[1] = 1;
+    header[2] = 1000;
+    std::ofstream shard(dir.file("tokens.bin"), std::ios::binary);
+    shard.write(reinterpret_cast<const char*>(header.data()), 1024);
+    for (std::uint16_t i = 0; i < 1000; ++i) {
+      std::uint16_t t = i % 2 ? 3000 : i;
+      shard.write(reinterpret_cast<const char*>(&t), 2);
+    }
+    shard.close();
+    json j = merged(toy_config(dir),
+                    {{"data", {{"format", "tokens_u16"}, {"train_path", dir.file("tokens.bin")}}}});
+    std::string message = config_error(j);
+    CHECK(message.find("vocab_size is 256") != std::string::npos);
+    CHECK(message.find("token id 3000") != std::string::npos);
+    CHECK(message.find("vocab_size >= 3001") != std::string::npos);
+    CHECK(config_error(merged(j, {{"model", {{"vocab_size", 3001}}}})) == "no error");
+  }
+
+  TEST_CASE("longnet-train exits with 2 on a bad configuration and writes nothing") {
+    TempDir dir;
+    json bad = merged(toy_config(dir), {{"data", {{"seq_len", 30000}}}});
+    write_config(dir, bad);
+    CHECK(run(tool("LONGNET_TRAIN_TOOL"), {dir.file("config.json")}, dir.file("log.txt")) == 2);
+    CHECK(read_text(dir.file("log.txt")).find("data.seq_len is 30000") != std::string::npos);
+    CHECK_FALSE(fs::exists(dir.file("run")));
+
+    write_config(dir, toy_config(dir));
+    CHECK(run(tool("LONGNET_TRAIN_TOOL"), {"--check", dir.file("config.json")},
+              dir.file("check.txt")) == 0);
+    CHECK(read_text(dir.file("check.txt")).find("ok") != std::string::npos);
+    CHECK_FALSE(fs::exists(dir.file("run")));
+
+    std::ofstream(dir.file("broken.json")) << "{\"model\": ";
+    CHECK(run(tool("LONGNET_TRAIN_TOOL"), {dir.file("broken.json")}, dir.file("broken.txt")) == 2);
+    CHECK(read_text(dir.file("broken.txt")).find("not valid JSON") != std::string::npos);
+  }
+
+  TEST_CASE("a checkpoint restores the run exactly") {
+    TempDir dir;
+    TrainConfig config = parse_train_config(toy_config(dir), "config.json");
+    Trainer original(config, load_training_data(config));
+    for (int i = 0; i < 3; ++i) original.step();
+    fs::create_directories(dir.file("run"));
+    std::string saved = save_checkpoint(dir.file("run"), original.checkpoint(), 2);
+    CHECK(fs::path(saved).filename() == "ckpt-00000003");
+
+    Checkpoint loaded = load_checkpoint(saved);
+    CHECK(loaded.step == 3);
+    CHECK(loaded.data_position == 3);
+    CHECK(loaded.config == to_json(config));
+    CHECK(loaded.model.size() == original.model().state_dict().size());
+    CHECK(loaded.model[0].first == "embed_tokens.weight");
+
+    Trainer resumed(config, load_training_data(config));
+    resumed.restore(loaded);
+    for (int i = 0; i < 3; ++i) {
+      StepStats a = original.step();
+      StepStats b = resumed.step();
+      CHECK(a.step == b.step);
+      CHECK(a.loss == b.loss);  // bit for bit
+      CHECK(a.grad_norm == b.grad_norm);
+    }
+    CHECK(original.evaluate().val_loss == resumed.evaluate().val_loss);
+  }
+
+  TEST_CASE("only the newest keep_ckpts checkpoints stay; partial ones are removed") {
+    TempDir dir;
+    TrainConfig config = parse_train_config(toy_config(dir), "config.json");
+    Trainer trainer(config, load_training_data(config));
+    std::string out = dir.file("run");
+    fs::create_directories(out);
+    for (int i = 0; i < 4; ++i) {
+      trainer.step();
+      save_checkpoint(out, trainer.checkpoint(), 2);
+    }
+    CHECK(list_checkpoints(out) ==
+          std::vector<std::string>{out + "/ckpt-00000004", out + "/ckpt-00000003"});
+    fs::create_directories(out + "/ckpt-00000005.tmp");
+    std::ofstream(out + "/ckpt-00000005.tmp/model.safetensors") << "half";
+    CHECK(list_checkpoints(out).size() == 2);
+    remove_partial_checkpoints(out);
+    CHECK_FALSE(fs::exists(out + "/ckpt-00000005.tmp"));
+  }
+
+  TEST_CASE("a corrupt or truncated checkpoint is reported and the previous one used") {
+    TempDir dir;
+    TrainConfig config = parse_train_config(toy_config(dir), "config.json");
+    Trainer trainer(config, load_training_data(config));
+    std::string out = dir.file("run");
+    fs::create_directories(out);
+    for (int i = 0; i < 3; ++i) {
+      trainer.step();
+      save_checkpoint(out, trainer.checkpoint(), 3);
+    }
+    auto latest_step = [&](std::string& warnings) {
+      std::ostringstream log;
+      std::optional<Checkpoint> c = load_latest_checkpoint(out, log);
+      warnings = log.str();
+      return c ? c->step : -1;
+    };
+    std::string warnings;
+    CHECK(latest_step(warnings) == 3);
+    CHECK(warnings.empty());
+
+    SUBCASE("a flipped byte") {
+      std::fstream f(out + "/ckpt-00000003/model.safetensors",
+                     std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(-5, std::ios::end);
+      char c = 0;
+      f.get(c);
+      f.seekp(-5, std::ios::end);
+      f.put(static_cast<char>(c ^ 0x40));
+      f.close();
+      CHECK(latest_step(warnings) == 2);
+      CHECK(warnings.find("ckpt-00000003") != std::string::npos);
+      CHECK(warnings.find("CRC-32") != std::string::npos);
+    }
+    SUBCASE("a truncated optimizer file") {
+      fs::resize_file(out + "/ckpt-00000003/optimizer.safetensors", 100);
+      CHECK(latest_step(warnings) == 2);
+      CHECK(warnings.find("optimizer.safetensors holds 100 bytes") != std::string::npos);
+    }
+    SUBCASE("a broken meta.json") {
+      std::ofstream(out + "/ckpt-00000003/meta.json") << "{\"format\": ";
+      CHECK(latest_step(warnings) == 2);
+      CHECK(warnings.find("not valid JSON") != std::string::npos);
+    }
+    SUBCASE("every checkpoint broken") {
+      for (const auto& d : list_checkpoints(out)) fs::remove(d + "/model.safetensors");
+      std::ostringstream log;
+      CHECK_THROWS_WITH_AS(load_latest_checkpoint(out, log), doctest::Contains("none is usable"),
+                           Error);
+    }
+  }
+
+  TEST_CASE("a resumed run reproduces the uninterrupted run's losses after SIGKILL") {
+    TempDir dir;
+    json config = merged(
+        toy_config(dir),
+        {{"train", {{"steps", 400}, {"ckpt_every", 100}, {"eval_every", 50}, {"log_every", 100}}}});
+    write_config(dir, config, "whole.json");
+    write_config(dir, merged(config, {{"train", {{"out_dir", dir.file("killed")}}}}),
+                 "killed.json");
+    std::string train = tool("LONGNET_TRAIN_TOOL");
+    REQUIRE(run(train, {dir.file("whole.json")}, dir.file("whole.txt")) == 0);
+
+    pid_t pid = spawn(train, {dir.file("killed.json")}, dir.file("killed.txt"));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!fs::exists(dir.file("killed/ckpt-00000100")) &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    ::kill(pid, SIGKILL);
+    REQUIRE_MESSAGE(exit_code(pid) == -SIGKILL, "the run ended before it could be killed");
+    std::vector<json> partial = deterministic_metrics(dir.file("killed/metrics.jsonl"));
+    CHECK(partial.size() < deterministic_metrics(dir.file("run/metrics.jsonl")).size());
+
+    REQUIRE(run(train, {dir.file("killed.json")}, dir.file("killed.txt")) == 0);
+    CHECK(read_text(dir.file("killed.txt")).find("resuming from") != std::string::npos);
+    std::vector<json> whole = deterministic_metrics(dir.file("run/metrics.jsonl"));
+    std::vector<json> resumed = deterministic_metrics(dir.file("killed/metrics.jsonl"));
+    REQUIRE(whole.size() == resumed.size());
+    for (std::size_t i = 0; i < whole.size(); ++i) {
+      CAPTURE(i);
+      CHECK(whole[i] == resumed[i]);
+    }
+    // One record per step, one per evaluation (every 50 steps).
+    CHECK(whole.size() == 400 + 8);
+    CHECK(whole.front().contains("grad_norm"));
+    CHECK(whole.back().contains("val_bpb"));
+    CHECK(whole.back()["val_loss"].get<double>() < whole.front()["loss"].get<double>());
+    CHECK(list_checkpoints(dir.file("killed")).size() == 2);
+  }
+
+  TEST_CASE("a run resumes only a checkpoint of the same model") {
+    TempDir dir;
+    json config = merged(toy_config(dir), {{"optim", {{"warmup_steps", 0}}},
+                                           {"train", {{"steps", 2}, {"ckpt_every", 1}}}});
+    write_config(dir, config);
+    std::string train = tool("LONGNET_TRAIN_TOOL");
+    REQUIRE(run(train, {dir.file("config.json")}, dir.file("log.txt")) == 0);
+    write_config(dir, merged(config, {{"model", {{"d_ff", 96}}}}), "other.json");
+    CHECK(run(train, {dir.file("other.json")}, dir.file("other.txt")) == 2);
+    std::string message = read_text(dir.file("other.txt"));
+    CHECK(message.find("a checkpoint of a different model") != std::string::npos);
+    CHECK(message.find("model.d_ff: 64 there, 96 here") != std::string::npos);
+  }
+
+  TEST_CASE("NaN losses skip updates, then stop the run with the weights intact") {
+    TempDir dir;
+    TrainConfig config = parse_train_config(
+        merged(toy_config(dir), {{"train", {{"max_bad_steps", 3}}}}), "config.json");
+    Trainer trainer(config, load_training_data(config));
+    CHECK_FALSE(trainer.step().skipped);
+    // Poison the final norm's gain: every logit, loss and gradient becomes NaN.
+    Tensor gain;
+    for (const auto& [name, p] : trainer.model().named_parameters()) {
+      if (name == "layer_norm.weight") gain = p.data();
+    }
+    REQUIRE(gain.defined());
+    fill_(gain, std::nan(""));
+    Tensor before = clone(trainer.model().named_parameters().front().second.data());
+    for (int i = 0; i < 2; ++i) {
+      StepStats s = trainer.step();
+      CHECK(s.skipped);
+      CHECK(std::isnan(s.loss));
+    }
+    Tensor after = trainer.model().named_parameters().front().second.data();
+    CHECK(before.to_vector<float>() == after.to_vector<float>());  // no update applied
+    CHECK_THROWS_WITH_AS(trainer.step(), doctest::Contains("3 steps in a row"), NumericalFault);
+  }
+
+  TEST_CASE("sampling is deterministic for a seed and follows temperature and top-k") {
+    TempDir dir;
+    TrainConfig config = parse_train_config(toy_config(dir), "config.json");
+    Generator init(3);
+    LongNetLM model(config.model, init);
+    model.eval();
+    std::vector<std::int64_t> prompt = {'t', 'h', 'e', ' '};
+    SamplingConfig s{1.0, 0, 7};
+    auto a = generate(model, prompt, 20, 16, s);
+    CHECK(a.size() == 24);
+    CHECK(std::equal(prompt.begin(), prompt.end(), a.begin()));
+    CHECK(generate(model, prompt, 20, 16, s) == a);
+    s.seed = 8;
+    CHECK(generate(model, prompt, 20, 16, s) != a);
+    // top-k 1 and temperature 0 both pick the most likely token, whatever the seed.
+    auto greedy = generate(model, prompt, 10, 16, {0.0, 0, 1});
+    CHECK(generate(model, prompt, 10, 16, {1.0, 1, 99}) == greedy);
+    CHECK_THROWS_WITH_AS(generate(model, {300}, 1, 16, s), doctest::Contains("vocabulary"), Error);
+  }
+
+  TEST_CASE("longnet-generate continues a prompt from a trained run, the same for a seed") {
+    TempDir dir;
+    write_config(dir, merged(toy_config(dir), {{"train", {{"steps", 20}}}}));
+    REQUIRE(run(tool("LONGNET_TRAIN_TOOL"), {dir.file("config.json")}, dir.file("log.txt")) == 0);
+    std::string generate_tool = tool("LONGNET_GENERATE_TOOL");
+    auto sample = [&](const std::string& seed, const std::string& out) {
+      int code = run(generate_tool,
+                     {"--checkpoint", dir.file("run"), "--prompt", "the lord", "--tokens", "40",
+                      "--top-k", "5", "--seed", seed},
+                     dir.file(out));
+      CHECK(code == 0);
+      return read_text(dir.file(out));
+    };
+    std::string first = sample("5", "a.txt");
+    CHECK(first.rfind("the lord", 0) == 0);
+    CHECK(first.size() == 8 + 40 + 1);
+    CHECK(sample("5", "b.txt") == first);
+    CHECK(sample("6", "c.txt") != first);
+    CHECK(run(generate_tool,
+              {"--checkpoint", dir.file("nothing"), "--prompt", "x", "--tokens", "1"},
+              dir.file("d.txt")) == 1);
+    CHECK(read_text(dir.file("d.txt")).find("holds no checkpoint") != std::string::npos);
+  }
+
+  TEST_CASE("the unigram baseline is the cross-entropy of validation under training counts") {
+    CorpusSplit data;
+    data.train.tokens = {0, 0, 0, 1};  // with add-one over vocab 2: p(0) = 4/6, p(1) = 2/6
+    data.val.tokens = {0, 1};
+    double expected = -(std::log2(4.0 / 6) + std::log2(2.0 / 6)) / 2;
+    CHECK(unigram_bits(data, 2) == doctest::Approx(expected).epsilon(1e-12));
+  }
+}
+
+}  // namespace longnet

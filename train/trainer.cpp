@@ -1,0 +1,351 @@
+#include "train/trainer.h"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <numbers>
+#include <ostream>
+#include <sstream>
+
+#include "autograd/ops.h"
+#include "nn/loss.h"
+#include "tensor/copy.h"
+#include "tensor/view.h"
+#include "train/file_io.h"
+
+namespace longnet {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Distinct Philox keys for the streams derived from train.seed (the model's weights use
+// the seed itself).
+constexpr std::uint64_t kDataSalt = 0x6c6f6e676e657401ULL;
+constexpr std::uint64_t kDropoutSalt = 0x6c6f6e676e657402ULL;
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+std::string duration_text(double seconds) {
+  auto s = static_cast<long long>(std::llround(std::max(0.0, seconds)));
+  char text[32];
+  if (s >= 3600) {
+    std::snprintf(text, sizeof text, "%lldh%02lldm", s / 3600, s / 60 % 60);
+  } else {
+    std::snprintf(text, sizeof text, "%lldm%02llds", s / 60, s % 60);
+  }
+  return text;
+}
+
+std::string rate_text(double tokens_per_s) {
+  char text[32];
+  if (tokens_per_s >= 1e6) {
+    std::snprintf(text, sizeof text, "%.2fM", tokens_per_s / 1e6);
+  } else if (tokens_per_s >= 1e3) {
+    std::snprintf(text, sizeof text, "%.1fk", tokens_per_s / 1e3);
+  } else {
+    std::snprintf(text, sizeof text, "%.0f", tokens_per_s);
+  }
+  return text;
+}
+
+// out_dir/metrics.jsonl, one JSON object per line. Opening it keeps only the records of
+// steps up to the step the run starts from (a resumed run replays the rest), so the file
+// always tells one history.
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& path, std::int64_t start_step) : path_(path) {
+    std::string kept;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      json record = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (record.is_object() && record.contains("step") && record["step"].is_number_integer() &&
+          record["step"].get<std::int64_t>() <= start_step) {
+        kept += line + "\n";
+      }
+    }
+    in.close();
+    write_file_atomically(path, kept);
+    out_.open(path, std::ios::app);
+    LN_CHECK(out_, "cannot append to ", path, ": ", errno_text(errno));
+  }
+
+  void write(const json& record) {
+    out_ << record.dump() << '\n';
+    out_.flush();
+    LN_CHECK(out_, "writing ", path_, ": ", errno_text(errno));
+  }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+// ConfigError unless the checkpoint's model is the configured one.
+void check_same_model(const json& saved_config, const TrainConfig& config, const std::string& dir) {
+  json saved = saved_config.is_object() ? saved_config.value("model", json::object()) : json();
+  json wanted = model_json(config.model);
+  if (saved == wanted) return;
+  std::string differences;
+  for (const auto& [key, value] : wanted.items()) {
+    json old = saved.is_object() && saved.contains(key) ? saved[key] : json();
+    if (old != value)
+      differences += cat("\n  model.", key, ": ", old.dump(), " there, ", value.dump(), " here");
+  }
+  throw ConfigError(cat("train.out_dir \"", config.train.out_dir, "\" holds ", dir,
+                        ", a checkpoint of a different model:", differences,
+                        "\nuse another out_dir, or the checkpoint's model settings to resume it"));
+}
+
+std::int64_t parameter_count(const Module& model) {
+  std::int64_t n = 0;
+  for (const auto& p : model.parameters()) n += p.numel();
+  return n;
+}
+
+std::string attention_text(const LongNetConfig& m) {
+  json j = model_json(m);
+  std::string text = j["attention"].get<std::string>();
+  if (j.contains("segment_lengths")) {
+    text += cat(" (", j["mode"].get<std::string>(), " mode, w = ", j["segment_lengths"].dump(),
+                ", r = ", j["dilation_rates"].dump(), ")");
+  }
+  if (j.contains("pattern")) {
+    text += cat(" (", j["pattern"].get<std::string>(), ", blocks of ", j["block_size"].dump(), ")");
+  }
+  return text;
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainConfig config, CorpusSplit data)
+    : config_(std::move(config)),
+      data_(std::move(data)),
+      dropout_gen_(config_.train.seed ^ kDropoutSalt) {
+  Generator init(config_.train.seed);
+  model_ = std::make_shared<LongNetLM>(config_.model, init,
+                                       TensorOptions{DType::f32, config_.train.device});
+  optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), config_.optim.adamw);
+}
+
+Trainer::~Trainer() = default;
+
+Tensor Trainer::micro_batch_loss(const Tensor& batch, bool backward, double scale) {
+  std::int64_t seq_len = config_.data.seq_len;
+  Tensor inputs = to(contiguous(narrow(batch, 1, 0, seq_len)), config_.train.device);
+  Tensor targets = to(contiguous(narrow(batch, 1, 1, seq_len)), config_.train.device);
+  Variable loss = cross_entropy(model_->forward(inputs, dropout_gen_), targets);
+  if (backward) mul(loss, scale).backward();
+  return loss.data();
+}
+
+StepStats Trainer::step() {
+  Clock::time_point start = Clock::now();
+  const OptimConfig& o = config_.optim;
+  const DataConfig& d = config_.data;
+  StepStats stats;
+  stats.lr = scheduled_lr(o.adamw.lr, o.schedule, o.warmup_steps, config_.train.steps,
+                          o.min_lr_ratio, step_);
+  std::int64_t accum = config_.train.grad_accum;
+  double loss_sum = 0;
+  for (std::int64_t i = 0; i < accum; ++i) {
+    Tensor batch = sample_batch(data_.train, d.seq_len, d.batch_size,
+                                config_.train.seed ^ kDataSalt, data_position_++);
+    loss_sum += micro_batch_loss(batch, true, 1.0 / static_cast<double>(accum)).item();
+  }
+  stats.loss = loss_sum / static_cast<double>(accum);
+  double max_norm = o.grad_clip > 0 ? o.grad_clip : std::numeric_limits<double>::infinity();
+  stats.grad_norm = clip_grad_norm(model_->parameters(), max_norm);
+  stats.skipped = !std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm);
+  if (stats.skipped) {
+    ++bad_steps_;
+  } else {
+    optimizer_->step(stats.lr);
+    bad_steps_ = 0;
+  }
+  model_->zero_grad();
+  stats.step = ++step_;
+  stats.tokens = accum * d.batch_size * d.seq_len;
+  stats.seconds = seconds_since(start);
+  if (bad_steps_ >= config_.train.max_bad_steps) {
+    throw NumericalFault(cat("step ", step_, ": the loss or gradient norm was NaN or Inf in ",
+                             bad_steps_, " steps in a row (train.max_bad_steps is ",
+                             config_.train.max_bad_steps, "); stopping. Those steps changed no ",
+                             "weights, so the last checkpoint is good. Lower optim.lr, raise ",
+                             "optim.warmup_steps or set optim.grad_clip, then rerun to resume"));
+  }
+  return stats;
+}
+
+EvalStats Trainer::evaluate() {
+  NoGradGuard no_grad;
+  model_->eval();
+  const DataConfig& d = config_.data;
+  std::int64_t count = config_.train.eval_batches;
+  double sum = 0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    Tensor batch = eval_batch(data_.val, d.seq_len, d.batch_size, i, count);
+    sum += micro_batch_loss(batch, false, 1).item();
+  }
+  model_->train();
+  EvalStats stats;
+  stats.step = step_;
+  stats.val_loss = sum / static_cast<double>(count);
+  if (d.format == DataFormat::bytes) stats.val_bpb = stats.val_loss / std::numbers::ln2;
+  return stats;
+}
+
+Checkpoint Trainer::checkpoint() const {
+  Checkpoint c;
+  c.step = step_;
+  c.data_position = data_position_;
+  c.rng_seed = dropout_gen_.seed();
+  c.rng_offset = dropout_gen_.offset();
+  c.bad_steps = bad_steps_;
+  c.config = to_json(config_);
+  c.model = model_->state_dict();
+  c.optimizer = optimizer_->state();
+  return c;
+}
+
+void Trainer::restore(const Checkpoint& c) {
+  try {
+    model_->load_state_dict(c.model);
+    optimizer_->load_state(c.optimizer);
+  } catch (const Error& e) {
+    throw Error(cat(c.dir, " does not fit this model: ", e.what()));
+  }
+  step_ = c.step;
+  data_position_ = c.data_position;
+  dropout_gen_ = Generator(c.rng_seed);
+  dropout_gen_.set_offset(c.rng_offset);
+  bad_steps_ = c.bad_steps;
+}
+
+double unigram_bits(const CorpusSplit& data, std::int64_t vocab_size) {
+  std::vector<double> counts(static_cast<std::size_t>(vocab_size), 1.0);
+  for (std::uint16_t t : data.train.tokens) counts[t] += 1;
+  double total = static_cast<double>(data.train.size() + vocab_size);
+  double bits = 0;
+  for (std::uint16_t t : data.val.tokens) bits -= std::log2(counts[t] / total);
+  return bits / static_cast<double>(std::max<std::int64_t>(1, data.val.size()));
+}
+
+RunPlan plan_run(const TrainConfig& config, std::ostream& log) {
+  RunPlan plan;
+  plan.data = load_training_data(config);
+  check_run_environment(config);
+  plan.resume = load_latest_checkpoint(config.train.out_dir, log);
+  if (plan.resume) check_same_model(plan.resume->config, config, plan.resume->dir);
+  return plan;
+}
+
+void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log) {
+  const RunConfig& t = config.train;
+  const std::optional<Checkpoint>& resume = plan.resume;
+  fs::create_directories(t.out_dir);
+  remove_partial_checkpoints(t.out_dir);
+  double baseline = unigram_bits(plan.data, config.model.vocab_size);
+  bool bytes = config.data.format == DataFormat::bytes;
+  const char* unit = bytes ? "bits/byte" : "bits/token";
+  Trainer trainer(config, std::move(plan.data));
+  if (resume) {
+    trainer.restore(*resume);
+    log << "resuming from " << resume->dir << " (step " << resume->step << ")\n";
+  }
+  write_file_atomically((fs::path(t.out_dir) / "config.json").string(),
+                        to_json(config).dump(2) + "\n");
+  MetricsLog metrics((fs::path(t.out_dir) / "metrics.jsonl").string(), trainer.steps_done());
+
+  const DataConfig& d = config.data;
+  log << cat("longnet-train: LongNetLM, ", config.model.decoder_layers, " layers, d_model ",
+             config.model.d_model, ", ", config.model.num_heads, " heads, ",
+             parameter_count(trainer.model()), " parameters; attention ",
+             attention_text(config.model), "\n");
+  log << cat("  data ", trainer.data().train.source, ": ", trainer.data().train.size(),
+             " training and ", trainer.data().val.size(), " validation tokens; ", d.batch_size,
+             " x ", d.seq_len, " tokens x ", t.grad_accum, " micro-batches per step; ", t.steps,
+             " steps on ", t.device.is_cpu() ? "the cpu" : "cuda", "\n");
+  char line[256];
+  std::snprintf(line, sizeof line, "  unigram baseline on the validation split: %.3f %s\n",
+                baseline, unit);
+  log << line;
+  if (trainer.steps_done() >= t.steps) {
+    log << "train.steps (" << t.steps << ") already reached at step " << trainer.steps_done()
+        << "; raise train.steps to train further\n";
+    return;
+  }
+
+  auto evaluate = [&] {
+    EvalStats e = trainer.evaluate();
+    json record = {{"step", e.step}, {"val_loss", e.val_loss}};
+    double bits = e.val_bpb.value_or(e.val_loss / std::numbers::ln2);
+    if (e.val_bpb) record["val_bpb"] = *e.val_bpb;
+    metrics.write(record);
+    std::snprintf(line, sizeof line, "eval step %lld | val loss %.4f | %.3f %s (unigram %.3f)\n",
+                  static_cast<long long>(e.step), e.val_loss, bits, unit, baseline);
+    log << line << std::flush;
+  };
+  auto save = [&] {
+    std::string dir = save_checkpoint(t.out_dir, trainer.checkpoint(), t.keep_ckpts);
+    log << "saved " << dir << "\n" << std::flush;
+  };
+
+  Clock::time_point start = Clock::now();
+  std::int64_t first = trainer.steps_done();
+  while (trainer.steps_done() < t.steps) {
+    StepStats s;
+    try {
+      s = trainer.step();
+    } catch (const NumericalFault&) {
+      metrics.write({{"step", trainer.steps_done()}, {"skipped", true}});
+      throw;
+    }
+    json record = {{"step", s.step},
+                   {"loss", s.loss},
+                   {"lr", s.lr},
+                   {"grad_norm", s.grad_norm},
+                   {"tokens_per_s", static_cast<double>(s.tokens) / s.seconds},
+                   {"peak_rss_mb", peak_rss_mb()}};
+    if (s.skipped) record["skipped"] = true;
+    metrics.write(record);
+    bool last = s.step == t.steps;
+    if (s.skipped) {
+      log << "step " << s.step << ": loss " << s.loss << ", gradient norm " << s.grad_norm
+          << " is not finite; update skipped\n";
+    }
+    if (s.step % t.log_every == 0 || s.step == first + 1 || last) {
+      double elapsed = seconds_since(start);
+      double done = static_cast<double>(s.step - first);
+      double rate = done * static_cast<double>(s.tokens) / elapsed;
+      double eta = elapsed / done * static_cast<double>(t.steps - s.step);
+      std::snprintf(line, sizeof line,
+                    "step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | ETA %s\n",
+                    static_cast<long long>(s.step), static_cast<long long>(t.steps), s.loss, s.lr,
+                    s.grad_norm, rate_text(rate).c_str(), duration_text(eta).c_str());
+      log << line << std::flush;
+    }
+    if ((t.eval_every > 0 && s.step % t.eval_every == 0) || last) evaluate();
+    if ((t.ckpt_every > 0 && s.step % t.ckpt_every == 0) || last) save();
+  }
+  log << "done in " << duration_text(seconds_since(start)) << "; checkpoints and metrics.jsonl in "
+      << t.out_dir << "\n";
+}
+
+}  // namespace longnet

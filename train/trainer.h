@@ -1,0 +1,96 @@
+// The training loop of longnet-train (DESIGN.md section 8): a LongNetLM, AdamW, batches
+// from the corpus, evaluation, checkpoints, logs.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <memory>
+#include <optional>
+
+#include "train/checkpoint.h"
+#include "train/config.h"
+
+namespace longnet {
+
+// Too many consecutive steps with a NaN or Inf loss or gradient: the run stopped.
+class NumericalFault : public Error {
+ public:
+  using Error::Error;
+};
+
+struct StepStats {
+  std::int64_t step = 0;  // optimizer steps taken, this one included
+  double loss = 0;        // mean training loss over the step's micro-batches (nats per token)
+  double lr = 0;
+  double grad_norm = 0;  // before clipping
+  bool skipped = false;  // a non-finite loss or gradient: no update was made
+  double seconds = 0;
+  std::int64_t tokens = 0;  // tokens the step trained on
+};
+
+struct EvalStats {
+  std::int64_t step = 0;
+  double val_loss = 0;            // nats per token
+  std::optional<double> val_bpb;  // bits per byte, for byte-level data
+};
+
+class Trainer {
+ public:
+  // Builds the model (weights drawn from train.seed) and the optimizer. data must satisfy
+  // load_training_data's checks.
+  Trainer(TrainConfig config, CorpusSplit data);
+  ~Trainer();
+
+  // One optimizer step over train.grad_accum micro-batches. A non-finite loss or gradient
+  // norm skips the update (gradients dropped); after train.max_bad_steps such steps in a
+  // row it throws NumericalFault.
+  StepStats step();
+  // Mean loss over train.eval_batches fixed validation batches (no dropout, no gradient).
+  EvalStats evaluate();
+
+  // The state a resumed run needs. Its tensors share storage with the model and the
+  // optimizer: save it before the next step.
+  Checkpoint checkpoint() const;
+  // Continues from checkpoint: weights, optimizer state, step, data position, RNG state.
+  void restore(const Checkpoint& checkpoint);
+
+  std::int64_t steps_done() const { return step_; }
+  const TrainConfig& config() const { return config_; }
+  LongNetLM& model() { return *model_; }
+  const CorpusSplit& data() const { return data_; }
+
+ private:
+  Tensor micro_batch_loss(const Tensor& batch, bool backward, double scale);
+
+  TrainConfig config_;
+  CorpusSplit data_;
+  std::shared_ptr<LongNetLM> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  Generator dropout_gen_;
+  std::int64_t step_ = 0;
+  std::uint64_t data_position_ = 0;
+  std::int64_t bad_steps_ = 0;
+};
+
+// The cross-entropy, in bits per token, of the validation tokens under the training
+// tokens' unigram distribution (add-one smoothing): the loss a model that ignores context
+// can reach. A language model should end well below it.
+double unigram_bits(const CorpusSplit& data, std::int64_t vocab_size);
+
+// What a run starts from, found without writing anything: the data (load_training_data)
+// and the newest good checkpoint of train.out_dir, if any. Configuration and data errors,
+// an unusable out_dir and a checkpoint of a different model are ConfigErrors; broken
+// checkpoints are reported on log and skipped (an Error when all are broken).
+struct RunPlan {
+  CorpusSplit data;
+  std::optional<Checkpoint> resume;
+};
+RunPlan plan_run(const TrainConfig& config, std::ostream& log);
+
+// longnet-train's whole run from plan: resumes from plan.resume or starts afresh; trains to
+// train.steps with logs (progress lines on log, records in out_dir/metrics.jsonl),
+// evaluations every train.eval_every steps and at the end, checkpoints every
+// train.ckpt_every steps and at the end.
+void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log);
+
+}  // namespace longnet
