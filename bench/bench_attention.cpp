@@ -157,21 +157,23 @@ std::vector<Case> make_cases(const Options& o, std::int64_t n) {
                                            /*causal=*/true};
     config.validate();
     bool paper = mode == longnet::DilatedMode::paper;
-    cases.push_back({paper ? "dilated_paper" : "dilated_grouped", o.max_n,
-                     [config](const Variable& q, const Variable& k, const Variable& v) {
-                       return longnet::dilated_attention(q, k, v, config);
-                     },
-                     {{"segment_lengths", o.segment_lengths},
-                      {"dilation_rates", o.dilation_rates}}});
+    cases.push_back(
+        {paper ? "dilated_paper" : "dilated_grouped",
+         o.max_n,
+         [config](const Variable& q, const Variable& k, const Variable& v) {
+           return longnet::dilated_attention(q, k, v, config);
+         },
+         {{"segment_lengths", o.segment_lengths}, {"dilation_rates", o.dilation_rates}}});
   }
   // A fixed count of key blocks per query block keeps the cost linear in n.
   std::int64_t blocks = (n + o.block_size - 1) / o.block_size;
-  longnet::BlockSparseConfig sparse{longnet::BlockPattern::local_window, o.block_size,
-                                    std::min(1.0, static_cast<double>(o.blocks_kept) /
-                                                      static_cast<double>(blocks))};
+  longnet::BlockSparseConfig sparse{
+      longnet::BlockPattern::local_window, o.block_size,
+      std::min(1.0, static_cast<double>(o.blocks_kept) / static_cast<double>(blocks))};
   sparse.causal = true;
   sparse.validate();
-  cases.push_back({"block_sparse_local", o.max_n,
+  cases.push_back({"block_sparse_local",
+                   o.max_n,
                    [sparse](const Variable& q, const Variable& k, const Variable& v) {
                      return longnet::block_sparse_attention(q, k, v, sparse);
                    },
@@ -234,8 +236,8 @@ int main(int argc, char** argv) {
       }
     }
 
-    double others_during = longnet::bench::others_busy_between(run_start,
-                                                               longnet::bench::sample_cpu());
+    double others_during =
+        longnet::bench::others_busy_between(run_start, longnet::bench::sample_cpu());
     if (others_during > 0.05) {
       std::cerr << "warning: other processes used " << static_cast<int>(others_during * 100)
                 << "% of the CPU during the run; figures will be low\n";
@@ -246,10 +248,11 @@ int main(int argc, char** argv) {
     std::stable_sort(rows.begin(), rows.end(),
                      [](const Row& a, const Row& b) { return a.name < b.name; });
     if (!options.json_only) {
-      std::printf("device %s, %d threads, commit %s; f32, causal, batch 1, %lld heads x %lld; "
-                  "others busy %.0f%% of the run\n",
-                  device.c_str(), threads, commit.c_str(), static_cast<long long>(options.heads),
-                  static_cast<long long>(options.head_dim), others_during * 100);
+      std::printf(
+          "device %s, %d threads, commit %s; f32, causal, batch 1, %lld heads x %lld; "
+          "others busy %.0f%% of the run\n",
+          device.c_str(), threads, commit.c_str(), static_cast<long long>(options.heads),
+          static_cast<long long>(options.head_dim), others_during * 100);
       std::printf("%-20s %6s %11s %11s %12s %9s %9s %5s\n", "case", "n", "fwd ms", "fwd+bwd ms",
                   "fwd+bwd tok/s", "fwd /tok", "f+b /tok", "reps");
     }
@@ -272,8 +275,8 @@ int main(int argc, char** argv) {
       if (!options.json_only) {
         if (i > 0 && rows[i - 1].name != r.name) std::printf("\n");
         std::printf("%-20s %6lld %11.2f %11.2f %12.0f %9.2f %9.2f %5d\n", r.name.c_str(),
-                    static_cast<long long>(r.n), r.fwd.median_ms, r.fwd_bwd.median_ms,
-                    tokens_per_s, fwd_rel, fwd_bwd_rel, std::min(r.fwd.reps, r.fwd_bwd.reps));
+                    static_cast<long long>(r.n), r.fwd.median_ms, r.fwd_bwd.median_ms, tokens_per_s,
+                    fwd_rel, fwd_bwd_rel, std::min(r.fwd.reps, r.fwd_bwd.reps));
       }
       nlohmann::json line = {
           {"bench", "attention"},

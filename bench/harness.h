@@ -80,7 +80,8 @@ inline CpuSample sample_cpu() {
   std::uint64_t value = 0;
   for (int field = 0; field < 8 && stat >> value; ++field) {
     sample.machine_total_s += static_cast<double>(value) * tick_seconds;
-    if (field != 3 && field != 4) sample.machine_busy_s += static_cast<double>(value) * tick_seconds;
+    if (field != 3 && field != 4)
+      sample.machine_busy_s += static_cast<double>(value) * tick_seconds;
   }
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
