@@ -1,6 +1,7 @@
 #include "attention/dilated.h"
 
 #include "attention/cpu/common.h"
+#include "attention/cuda/dilated.h"
 
 #include <cmath>
 #include <limits>
@@ -204,11 +205,48 @@ void backward_kernel(const T* q, const T* k, const T* v, const T* out, const T* 
   }
 }
 
+// The inputs the CUDA kernels take: those of the CPU, on one device, f32 or bf16, rows
+// addressed through strides (the last stride 1), head dims the kernels hold.
+Geometry check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
+  for (const Tensor* t : {&q, &k, &v}) {
+    check_defined(*t, op);
+    LN_CHECK(t->dim() == 4, op, ": q, k and v must be (batch, seq, heads, head_dim), got ",
+             describe(*t));
+  }
+  check_same_device(q, k, op);
+  check_same_device(q, v, op);
+  check_same_dtype(q, k, op);
+  check_same_dtype(q, v, op);
+  LN_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::bf16, op,
+           ": on cuda takes f32 or bf16 inputs, got ", describe(q), "; convert with to(t, f32)");
+  LN_CHECK(q.size(0) == k.size(0) && q.size(0) == v.size(0) && q.size(2) == k.size(2) &&
+               q.size(2) == v.size(2) && q.size(3) == k.size(3) && k.size(1) == v.size(1),
+           op, ": q ", describe(q), ", k ", describe(k), " and v ", describe(v),
+           " disagree: batch and heads must match, q and k share head_dim, k and v share seq");
+  LN_CHECK(q.size(3) <= cuda::kMaxAttentionHeadDim && v.size(3) <= cuda::kMaxAttentionHeadDim, op,
+           ": head dims up to ", cuda::kMaxAttentionHeadDim, " on cuda, got q ", describe(q),
+           " and v ", describe(v), "; use more heads or the cpu");
+  for (const Tensor* t : {&q, &k, &v}) {
+    LN_CHECK(t->stride(3) == 1 || t->size(3) == 1, op,
+             ": on cuda the head dim must be contiguous (stride 1), got strides ",
+             str(t->strides()), " for ", describe(*t), "; make it contiguous first");
+  }
+  return {q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), v.size(3)};
+}
+
 }  // namespace
 
 AttentionOutput dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                           const DilatedAttentionConfig& config) {
   config.validate();
+  if (q.device().is_cuda()) {
+    Geometry g = check_cuda_inputs(q, k, v, "dilated_attention");
+    Tensor out = empty({g.batch, g.nq, g.heads, g.dv}, {q.dtype(), q.device()});
+    Tensor lse = empty({g.batch, g.heads, g.nq}, {DType::f32, q.device()});
+    cuda::dilated_attention_forward(q, k, v, config, cpu::attention_scale(config.scale, g.d), out,
+                                    lse);
+    return {out, lse};
+  }
   Geometry g = cpu::check_attention_inputs(q, k, v, "dilated_attention");
   DType ct = cpu::attention_compute_dtype(q.dtype());
   Tensor qc = cpu::attention_operand(q);
@@ -232,11 +270,31 @@ AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, cons
                                           const Tensor& out, const Tensor& lse, const Tensor& dout,
                                           const DilatedAttentionConfig& config) {
   config.validate();
-  Geometry g = cpu::check_attention_inputs(q, k, v, "dilated_attention_backward");
+  bool on_cuda = q.device().is_cuda();
+  Geometry g = on_cuda ? check_cuda_inputs(q, k, v, "dilated_attention_backward")
+                       : cpu::check_attention_inputs(q, k, v, "dilated_attention_backward");
   LN_CHECK(out.shape() == Shape({g.batch, g.nq, g.heads, g.dv}) && dout.shape() == out.shape() &&
                lse.shape() == Shape({g.batch, g.heads, g.nq}),
            "dilated_attention_backward: out ", describe(out), ", dout ", describe(dout),
            " and lse ", describe(lse), " do not fit q ", describe(q), " and v ", describe(v));
+  if (on_cuda) {
+    const char* op = "dilated_attention_backward";
+    for (const Tensor* t : {&out, &dout, &lse}) check_same_device(q, *t, op);
+    check_same_dtype(q, out, op);
+    check_same_dtype(q, dout, op);
+    LN_CHECK(lse.dtype() == DType::f32 && lse.is_contiguous(), op,
+             ": lse must be the forward's contiguous f32 tensor, got ", describe(lse));
+    LN_CHECK((out.stride(3) == 1 || g.dv == 1) && (dout.stride(3) == 1 || g.dv == 1), op,
+             ": on cuda the head dim of out and dout must be contiguous, got strides ",
+             str(out.strides()), " and ", str(dout.strides()));
+    AttentionGrads grads{empty(q.shape(), {q.dtype(), q.device()}),
+                         empty(k.shape(), {k.dtype(), k.device()}),
+                         empty(v.shape(), {v.dtype(), v.device()})};
+    cuda::dilated_attention_backward(q, k, v, out, lse, dout, config,
+                                     cpu::attention_scale(config.scale, g.d), grads.dq, grads.dk,
+                                     grads.dv);
+    return grads;
+  }
   DType ct = cpu::attention_compute_dtype(q.dtype());
   Tensor qc = cpu::attention_operand(q);
   Tensor kc = cpu::attention_operand(k);

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "tensor/cuda/runtime.h"
+
 namespace longnet {
 
 void DenseAttentionConfig::validate() const {
@@ -34,33 +36,42 @@ bool is_causal(const AttentionConfig& config) {
 
 namespace {
 
+// " (cpu kernel)" or " (cuda kernel)": dense and dilated attention dispatch on the inputs'
+// device, so one kernel class serves both.
+std::string kernel_suffix(Device device) {
+  return device.is_cuda() ? " (cuda kernel)" : " (cpu kernel)";
+}
+
 class DenseKernel final : public Attention {
  public:
-  explicit DenseKernel(DenseAttentionConfig c) : c_(c) {}
+  DenseKernel(DenseAttentionConfig c, Device device) : c_(c), device_(device) {}
   Variable forward(const Variable& q, const Variable& k, const Variable& v) const override {
     return dense_attention(q, k, v, c_.causal, c_.scale);
   }
-  std::string describe() const override { return "dense (cpu kernel)"; }
+  std::string describe() const override { return "dense" + kernel_suffix(device_); }
 
  private:
   DenseAttentionConfig c_;
+  Device device_;
 };
 
 class DilatedKernel final : public Attention {
  public:
-  DilatedKernel(DilatedAttentionConfig c, bool chosen_by_auto)
-      : c_(std::move(c)), auto_(chosen_by_auto) {}
+  DilatedKernel(DilatedAttentionConfig c, bool chosen_by_auto, Device device)
+      : c_(std::move(c)), auto_(chosen_by_auto), device_(device) {}
   Variable forward(const Variable& q, const Variable& k, const Variable& v) const override {
     return dilated_attention(q, k, v, c_);
   }
   std::string describe() const override {
     return cat(auto_ ? "auto: " : "", "dilated attention, ",
-               c_.mode == DilatedMode::paper ? "paper" : "grouped", " mode (cpu kernel)");
+               c_.mode == DilatedMode::paper ? "paper" : "grouped", " mode",
+               kernel_suffix(device_));
   }
 
  private:
   DilatedAttentionConfig c_;
   bool auto_;
+  Device device_;
 };
 
 class BlockSparseKernel final : public Attention {
@@ -81,19 +92,30 @@ class BlockSparseKernel final : public Attention {
 
 std::shared_ptr<const Attention> make_attention(const AttentionConfig& config, Device device) {
   validate(config);
-  LN_CHECK(device.is_cpu(), "attention \"", kind_name(config), "\" has no implementation on ",
-           str(device), " yet; use device \"cpu\"");
+  if (device.is_cuda()) {
+    LN_CHECK(config.index() != 2, "attention \"", kind_name(config), "\" has no implementation on ",
+             str(device), " yet; use device \"cpu\", or kind dense, dilated or auto");
+    LN_CHECK(cuda::built_with_cuda(), "attention \"", kind_name(config),
+             "\" has no implementation on ", str(device),
+             " in this build: it has no CUDA support; reconfigure with -Dcuda=enabled or use "
+             "device \"cpu\"");
+    LN_CHECK(device.index >= 0 && device.index < cuda::device_count(), "attention \"",
+             kind_name(config), "\" has no implementation on ", str(device), ": this machine has ",
+             cuda::device_count(), " CUDA device(s); use device \"cpu\"");
+  }
   switch (config.index()) {
     case 0:
-      return std::make_shared<DenseKernel>(std::get<DenseAttentionConfig>(config));
+      return std::make_shared<DenseKernel>(std::get<DenseAttentionConfig>(config), device);
     case 1:
-      return std::make_shared<DilatedKernel>(std::get<DilatedAttentionConfig>(config), false);
+      return std::make_shared<DilatedKernel>(std::get<DilatedAttentionConfig>(config), false,
+                                             device);
     case 2:
       return std::make_shared<BlockSparseKernel>(std::get<BlockSparseConfig>(config));
     default:
       break;
   }
-  return std::make_shared<DilatedKernel>(std::get<AutoAttentionConfig>(config).dilated, true);
+  return std::make_shared<DilatedKernel>(std::get<AutoAttentionConfig>(config).dilated, true,
+                                         device);
 }
 
 }  // namespace longnet

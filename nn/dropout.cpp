@@ -3,6 +3,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "nn/cuda/dropout.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
 
@@ -18,7 +19,11 @@ void check_p(double p, const char* op) {
 Tensor apply_mask(const Tensor& in, std::uint64_t seed, std::uint64_t first,
                   std::uint64_t threshold, double scale) {
   Tensor src = contiguous(in);
-  Tensor out = empty(src.shape(), {src.dtype()});
+  Tensor out = empty(src.shape(), {src.dtype(), src.device()});
+  if (src.device().is_cuda()) {
+    cuda::dropout_mask(src, seed, first, threshold, scale, out);
+    return out;
+  }
   std::int64_t n = src.numel();
   std::int64_t blocks = (n + 3) / 4;
   dispatch_floating(src.dtype(), "dropout", [&](auto tag) {
@@ -48,7 +53,6 @@ Tensor apply_mask(const Tensor& in, std::uint64_t seed, std::uint64_t first,
 Variable dropout(const Variable& x, double p, Generator& gen, bool training) {
   check_p(p, "dropout");
   if (!training || p == 0) return x;
-  check_cpu(x.data(), "dropout");
   std::uint64_t seed = gen.seed();
   std::uint64_t first = gen.reserve(static_cast<std::uint64_t>((x.numel() + 3) / 4));
   auto threshold = static_cast<std::uint64_t>(std::llround(std::ldexp(p, 32)));

@@ -1,6 +1,7 @@
 #include "nn/embedding.h"
 
 #include "autograd/ops.h"
+#include "nn/cuda/embedding.h"
 #include "nn/init.h"
 #include "tensor/copy.h"
 #include "tensor/view.h"
@@ -13,9 +14,27 @@ Variable embedding(const Tensor& index, const Variable& weight) {
            "embedding: index must be i64 or i32, got ", describe(index));
   LN_CHECK(weight.dim() == 2, "embedding: weight ", describe(weight.data()),
            " must be (num_embeddings, dim)");
-  check_cpu(index, "embedding");
+  check_same_device(index, weight.data(), "embedding");
   std::int64_t num = weight.size(0);
   Tensor flat = reshape(contiguous(index), {index.numel()});
+  Shape out_shape = index.shape();
+  out_shape.push_back(weight.size(1));
+  if (index.device().is_cuda()) {
+    // A gather and, for the gradient, a deterministic scatter-add: no (n, dim) index
+    // expansion and no atomics on the table.
+    const Tensor& w = weight.data();
+    Shape rows_shape{flat.numel(), w.size(1)};
+    Tensor out = empty(rows_shape, {w.dtype(), w.device()});
+    cuda::embedding_forward(flat, contiguous(w), out);
+    TensorOptions options{w.dtype(), w.device()};
+    Shape table_shape = w.shape();
+    return make_result(reshape(out, out_shape), {weight}, "embedding",
+                       [=](const Tensor& g) -> std::vector<Tensor> {
+                         Tensor dw = empty(table_shape, options);
+                         cuda::embedding_backward(flat, reshape(contiguous(g), rows_shape), dw);
+                         return {dw};
+                       });
+  }
   // Checked here so that the message speaks of the table, not of index_select's dim 0.
   auto check = [&](const auto* values) {
     for (std::int64_t i = 0; i < flat.numel(); ++i) {
@@ -28,8 +47,6 @@ Variable embedding(const Tensor& index, const Variable& weight) {
   } else {
     check(flat.data<std::int64_t>());
   }
-  Shape out_shape = index.shape();
-  out_shape.push_back(weight.size(1));
   return reshape(index_select(weight, 0, flat), out_shape);
 }
 

@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "nn/cuda/layer_norm.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
 #include "tensor/creation.h"
@@ -36,28 +37,12 @@ const T* data_or_null(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
-}  // namespace
-
-Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps) {
-  const Tensor& xd = x.data();
-  check_cpu(xd, "layer_norm");
-  LN_CHECK(xd.dim() >= 1 && xd.size(-1) > 0, "layer_norm: input ", describe(xd),
-           " needs a non-empty last dim");
-  LN_CHECK(eps >= 0, "layer_norm: eps must be >= 0, got ", eps);
-  std::int64_t dim = xd.size(-1);
-  check_affine(weight, xd, dim, "weight");
-  check_affine(bias, xd, dim, "bias");
-
-  Tensor xc = contiguous(xd);
-  Tensor wc = weight.defined() ? contiguous(weight.data()) : Tensor();
-  Tensor bc = bias.defined() ? contiguous(bias.data()) : Tensor();
+// The cpu forward pass: y, mean and rstd as layer_norm() describes, one row per iteration.
+void forward_cpu(const Tensor& xc, const Tensor& wc, const Tensor& bc, double eps, const Tensor& y,
+                 const Tensor& mean, const Tensor& rstd) {
+  std::int64_t dim = xc.size(-1);
   std::int64_t rows = xc.numel() / dim;
-  DType stat_dtype = xd.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor mean = empty({rows}, {stat_dtype});
-  Tensor rstd = empty({rows}, {stat_dtype});
-  Tensor y = empty(xd.shape(), {xd.dtype()});
-
-  dispatch_floating(xd.dtype(), "layer_norm", [&](auto tag) {
+  dispatch_floating(xc.dtype(), "layer_norm", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = Compute<T>;
     const T* px = xc.data<T>();
@@ -93,6 +78,110 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
       pr[r] = rs;
     }
   });
+}
+
+// The cpu backward pass over row blocks (see kMaxBlocks); writes the defined ones of dx, dw
+// and db.
+void backward_cpu(const Tensor& gc, const Tensor& xc, const Tensor& wc, const Tensor& mean,
+                  const Tensor& rstd, std::int64_t blocks, const Tensor& dx, const Tensor& dw,
+                  const Tensor& db) {
+  std::int64_t dim = xc.size(-1);
+  std::int64_t rows = xc.numel() / dim;
+  bool need_w = dw.defined();
+  bool need_b = db.defined();
+  bool need_x = dx.defined();
+  std::int64_t block_rows = blocks > 0 ? (rows + blocks - 1) / blocks : 0;
+  auto partial_size = static_cast<std::size_t>(blocks * dim);
+  std::vector<double> partial_w(need_w ? partial_size : 0, 0.0);
+  std::vector<double> partial_b(need_b ? partial_size : 0, 0.0);
+
+  dispatch_floating(xc.dtype(), "layer_norm backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = Compute<T>;
+    const T* px = xc.data<T>();
+    const T* pg = gc.data<T>();
+    const T* pw = data_or_null<T>(wc);
+    const C* pm = mean.data<C>();
+    const C* pr = rstd.data<C>();
+    T* pdx = need_x ? dx.data<T>() : nullptr;
+    auto n = static_cast<double>(dim);
+#pragma omp parallel for schedule(static) if (rows * dim >= cpu::kParallelGrain && blocks > 1)
+    for (std::int64_t blk = 0; blk < blocks; ++blk) {
+      double* acc_w = need_w ? partial_w.data() + blk * dim : nullptr;
+      double* acc_b = need_b ? partial_b.data() + blk * dim : nullptr;
+      std::int64_t end = std::min(rows, (blk + 1) * block_rows);
+      for (std::int64_t r = blk * block_rows; r < end; ++r) {
+        const T* xr = px + r * dim;
+        const T* gr = pg + r * dim;
+        C m = pm[r];
+        C rs = pr[r];
+        auto xhat = [&](std::int64_t j) { return (static_cast<C>(xr[j]) - m) * rs; };
+        auto gy = [&](std::int64_t j) {
+          C gj = static_cast<C>(gr[j]);
+          return pw != nullptr ? gj * static_cast<C>(pw[j]) : gj;
+        };
+        if (pdx != nullptr) {
+          double sum_gy = 0;
+          double sum_gy_xhat = 0;
+          for (std::int64_t j = 0; j < dim; ++j) {
+            C v = gy(j);
+            sum_gy += v;
+            sum_gy_xhat += v * xhat(j);
+          }
+          auto a = static_cast<C>(sum_gy / n);
+          auto b = static_cast<C>(sum_gy_xhat / n);
+          T* dxr = pdx + r * dim;
+          for (std::int64_t j = 0; j < dim; ++j) {
+            dxr[j] = static_cast<T>(rs * (gy(j) - a - xhat(j) * b));
+          }
+        }
+        for (std::int64_t j = 0; acc_w != nullptr && j < dim; ++j) {
+          acc_w[j] += static_cast<double>(static_cast<C>(gr[j]) * xhat(j));
+        }
+        for (std::int64_t j = 0; acc_b != nullptr && j < dim; ++j) {
+          acc_b[j] += static_cast<C>(gr[j]);
+        }
+      }
+    }
+    auto reduce = [&](const std::vector<double>& partial, const Tensor& out) {
+      T* po = out.data<T>();
+      for (std::int64_t j = 0; j < dim; ++j) {
+        double total = 0;
+        for (std::int64_t blk = 0; blk < blocks; ++blk) total += partial[blk * dim + j];
+        po[j] = static_cast<T>(static_cast<C>(total));
+      }
+    };
+    if (need_w) reduce(partial_w, dw);
+    if (need_b) reduce(partial_b, db);
+  });
+}
+
+}  // namespace
+
+Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, double eps) {
+  const Tensor& xd = x.data();
+  LN_CHECK(xd.dim() >= 1 && xd.size(-1) > 0, "layer_norm: input ", describe(xd),
+           " needs a non-empty last dim");
+  LN_CHECK(eps >= 0, "layer_norm: eps must be >= 0, got ", eps);
+  std::int64_t dim = xd.size(-1);
+  check_affine(weight, xd, dim, "weight");
+  check_affine(bias, xd, dim, "bias");
+
+  Tensor xc = contiguous(xd);
+  Tensor wc = weight.defined() ? contiguous(weight.data()) : Tensor();
+  Tensor bc = bias.defined() ? contiguous(bias.data()) : Tensor();
+  std::int64_t rows = xc.numel() / dim;
+  DType stat_dtype = xd.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Device device = xd.device();
+  Tensor mean = empty({rows}, {stat_dtype, device});
+  Tensor rstd = empty({rows}, {stat_dtype, device});
+  Tensor y = empty(xd.shape(), {xd.dtype(), device});
+
+  if (device.is_cuda()) {
+    cuda::layer_norm_forward(xc, wc, bc, eps, y, mean, rstd);
+  } else {
+    forward_cpu(xc, wc, bc, eps, y, mean, rstd);
+  }
 
   bool need_x = x.requires_grad();
   bool need_w = weight.defined() && weight.requires_grad();
@@ -100,74 +189,15 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
   return make_result(
       y, {x, weight, bias}, "layer_norm", [=](const Tensor& g) -> std::vector<Tensor> {
         Tensor gc = contiguous(g);
-        Tensor dx = need_x ? empty(xc.shape(), {xc.dtype()}) : Tensor();
-        Tensor dw = need_w ? empty({dim}, {xc.dtype()}) : Tensor();
-        Tensor db = need_b ? empty({dim}, {xc.dtype()}) : Tensor();
+        Tensor dx = need_x ? empty(xc.shape(), {xc.dtype(), device}) : Tensor();
+        Tensor dw = need_w ? empty({dim}, {xc.dtype(), device}) : Tensor();
+        Tensor db = need_b ? empty({dim}, {xc.dtype(), device}) : Tensor();
         std::int64_t blocks = std::min(kMaxBlocks, (rows + kMinBlockRows - 1) / kMinBlockRows);
-        std::int64_t block_rows = blocks > 0 ? (rows + blocks - 1) / blocks : 0;
-        auto partial_size = static_cast<std::size_t>(blocks * dim);
-        std::vector<double> partial_w(need_w ? partial_size : 0, 0.0);
-        std::vector<double> partial_b(need_b ? partial_size : 0, 0.0);
-
-        dispatch_floating(xc.dtype(), "layer_norm backward", [&](auto tag) {
-          using T = typename decltype(tag)::type;
-          using C = Compute<T>;
-          const T* px = xc.data<T>();
-          const T* pg = gc.data<T>();
-          const T* pw = data_or_null<T>(wc);
-          const C* pm = mean.data<C>();
-          const C* pr = rstd.data<C>();
-          T* pdx = need_x ? dx.data<T>() : nullptr;
-          auto n = static_cast<double>(dim);
-#pragma omp parallel for schedule(static) if (rows * dim >= cpu::kParallelGrain && blocks > 1)
-          for (std::int64_t blk = 0; blk < blocks; ++blk) {
-            double* acc_w = need_w ? partial_w.data() + blk * dim : nullptr;
-            double* acc_b = need_b ? partial_b.data() + blk * dim : nullptr;
-            std::int64_t end = std::min(rows, (blk + 1) * block_rows);
-            for (std::int64_t r = blk * block_rows; r < end; ++r) {
-              const T* xr = px + r * dim;
-              const T* gr = pg + r * dim;
-              C m = pm[r];
-              C rs = pr[r];
-              auto xhat = [&](std::int64_t j) { return (static_cast<C>(xr[j]) - m) * rs; };
-              auto gy = [&](std::int64_t j) {
-                C gj = static_cast<C>(gr[j]);
-                return pw != nullptr ? gj * static_cast<C>(pw[j]) : gj;
-              };
-              if (pdx != nullptr) {
-                double sum_gy = 0;
-                double sum_gy_xhat = 0;
-                for (std::int64_t j = 0; j < dim; ++j) {
-                  C v = gy(j);
-                  sum_gy += v;
-                  sum_gy_xhat += v * xhat(j);
-                }
-                auto a = static_cast<C>(sum_gy / n);
-                auto b = static_cast<C>(sum_gy_xhat / n);
-                T* dxr = pdx + r * dim;
-                for (std::int64_t j = 0; j < dim; ++j) {
-                  dxr[j] = static_cast<T>(rs * (gy(j) - a - xhat(j) * b));
-                }
-              }
-              for (std::int64_t j = 0; acc_w != nullptr && j < dim; ++j) {
-                acc_w[j] += static_cast<double>(static_cast<C>(gr[j]) * xhat(j));
-              }
-              for (std::int64_t j = 0; acc_b != nullptr && j < dim; ++j) {
-                acc_b[j] += static_cast<C>(gr[j]);
-              }
-            }
-          }
-          auto reduce = [&](const std::vector<double>& partial, const Tensor& out) {
-            T* po = out.data<T>();
-            for (std::int64_t j = 0; j < dim; ++j) {
-              double total = 0;
-              for (std::int64_t blk = 0; blk < blocks; ++blk) total += partial[blk * dim + j];
-              po[j] = static_cast<T>(static_cast<C>(total));
-            }
-          };
-          if (need_w) reduce(partial_w, dw);
-          if (need_b) reduce(partial_b, db);
-        });
+        if (device.is_cuda()) {
+          cuda::layer_norm_backward(gc, xc, wc, mean, rstd, blocks, dx, dw, db);
+        } else {
+          backward_cpu(gc, xc, wc, mean, rstd, blocks, dx, dw, db);
+        }
         return {dx, dw, db};
       });
 }

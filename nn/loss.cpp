@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "nn/cuda/cross_entropy.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
 #include "tensor/creation.h"
@@ -96,8 +97,7 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, std::int64
                        std::int64_t chunk_rows) {
   const Tensor& x = logits.data();
   check_defined(targets, "cross_entropy");
-  check_cpu(x, "cross_entropy");
-  check_cpu(targets, "cross_entropy");
+  check_same_device(x, targets, "cross_entropy");
   LN_CHECK(x.dim() >= 1 && x.size(-1) > 0, "cross_entropy: logits ", describe(x),
            " need a non-empty last dim (the classes)");
   LN_CHECK(targets.dtype() == DType::i64 || targets.dtype() == DType::i32,
@@ -110,7 +110,33 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, std::int64
   std::int64_t classes = x.size(-1);
   std::int64_t rows = x.numel() / classes;
   const Shape& shape = x.shape();
+  Device device = x.device();
   Tensor x2 = reshape(x, {rows, classes});
+  DType stat_dtype = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  DType loss_dtype = x.dtype() == DType::bf16 ? DType::f32 : x.dtype();
+  Tensor lse = zeros({rows}, {stat_dtype, device});
+
+  if (device.is_cuda()) {
+    // The targets stay on the device in their dtype; the count (and the range check) is the
+    // one value that comes back to the host.
+    Tensor t = reshape(contiguous(targets), {rows});
+    std::int64_t count = cuda::cross_entropy_count(t, classes, ignore_index);
+    Tensor row_loss = empty({rows}, {DType::f64, device});
+    for_each_chunk(x2, chunk_rows, [&](const Tensor& block, std::int64_t r0) {
+      cuda::cross_entropy_forward(block, t, r0, ignore_index, lse, row_loss);
+    });
+    Tensor loss = empty({}, {loss_dtype, device});
+    cuda::cross_entropy_loss(row_loss, count, loss);
+    return make_result(
+        loss, {logits}, "cross_entropy", [=](const Tensor& g) -> std::vector<Tensor> {
+          Tensor dx = empty({rows, classes}, {x2.dtype(), device});
+          for_each_chunk(x2, chunk_rows, [&](const Tensor& block, std::int64_t r0) {
+            cuda::cross_entropy_backward(block, t, r0, ignore_index, lse, g, count, dx);
+          });
+          return {reshape(dx, shape)};
+        });
+  }
+
   Tensor t64 = contiguous(to(targets, DType::i64));
   const std::int64_t* target = t64.data<std::int64_t>();
   std::int64_t count = 0;
@@ -121,14 +147,11 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, std::int64
     ++count;
   }
 
-  DType stat_dtype = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor lse = zeros({rows}, {stat_dtype});
   std::vector<double> row_loss(static_cast<std::size_t>(rows), 0.0);
   forward_rows(x2, target, ignore_index, chunk_rows, lse, row_loss);
   // Summed in row order after the parallel part: the same loss for every thread count.
   double total = 0;
   for (double l : row_loss) total += l;
-  DType loss_dtype = x.dtype() == DType::bf16 ? DType::f32 : x.dtype();
   Tensor loss = scalar(count > 0 ? total / static_cast<double>(count) : 0.0, {loss_dtype});
 
   return make_result(loss, {logits}, "cross_entropy", [=](const Tensor& g) -> std::vector<Tensor> {

@@ -4,6 +4,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "nn/cuda/positional.h"
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
 
@@ -21,7 +22,6 @@ struct Rotary {
 };
 
 void check_input(const Tensor& x, const Rotary& r, const char* op) {
-  check_cpu(x, op);
   LN_CHECK(x.dim() == 4 && x.size(3) % 2 == 0, op, ": x ", describe(x),
            " must be (B, N, H, D) with D even");
   LN_CHECK(r.offset >= 0, op, ": position_offset must be >= 0, got ", r.offset);
@@ -33,7 +33,12 @@ void check_input(const Tensor& x, const Rotary& r, const char* op) {
 // of r to x (B, N, H, D).
 Tensor rotate(const Tensor& x, const Rotary& r, bool transpose, const char* op) {
   Tensor src = contiguous(x);
-  Tensor out = empty(src.shape(), {src.dtype()});
+  Tensor out = empty(src.shape(), {src.dtype(), src.device()});
+  double exponent_sign = r.scale == Scale::up ? 1.0 : r.scale == Scale::down ? -1.0 : 0.0;
+  if (src.device().is_cuda()) {
+    cuda::rotary(src, r.offset, r.theta, exponent_sign, r.scale_base, transpose, out);
+    return out;
+  }
   std::int64_t batch = src.size(0);
   std::int64_t length = src.size(1);
   std::int64_t heads = src.size(2);
@@ -46,7 +51,6 @@ Tensor rotate(const Tensor& x, const Rotary& r, bool transpose, const char* op) 
     inv_freq[i] = std::pow(r.theta, -2.0 * static_cast<double>(i) / d);
     log_base[i] = std::log((2.0 * static_cast<double>(i) + 0.4 * d) / (1.4 * d));
   }
-  double exponent_sign = r.scale == Scale::up ? 1.0 : r.scale == Scale::down ? -1.0 : 0.0;
   double sin_sign = transpose ? -1.0 : 1.0;
 
   dispatch_floating(src.dtype(), op, [&](auto tag) {

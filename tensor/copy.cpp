@@ -1,6 +1,7 @@
 #include "tensor/copy.h"
 
 #include "tensor/cpu/loop.h"
+#include "tensor/cuda/copy.h"
 #include "tensor/cuda/runtime.h"
 #include "tensor/view.h"
 
@@ -42,24 +43,31 @@ void copy_cpu(const Tensor& dst, const Tensor& src) {
 void copy_(const Tensor& dst, const Tensor& src) {
   check_defined(dst, "copy_");
   check_defined(src, "copy_");
-  if (dst.device() != src.device() || dst.device().is_cuda()) {
-    LN_CHECK(dst.dtype() == src.dtype() && dst.shape() == src.shape() && dst.is_contiguous() &&
-                 src.is_contiguous(),
-             "copy_ between devices needs contiguous tensors of one dtype and shape: ",
-             describe(dst), " <- ", describe(src));
-    cuda::copy_bytes(dst.raw_data(), dst.device(), src.raw_data(), src.device(),
-                     static_cast<std::size_t>(src.numel()) * element_size(src.dtype()));
+  if (dst.device() == src.device()) {
+    if (dst.device().is_cuda()) {
+      cuda::copy(dst, src);
+    } else {
+      copy_cpu(dst, src);
+    }
     return;
   }
-  copy_cpu(dst, src);
+  // Between devices the bytes move as they are, packed on the source side; casting and
+  // broadcasting then happen on the destination's device (src has at most dst's elements).
+  Tensor packed = contiguous(src);
+  if (dst.dtype() == src.dtype() && dst.shape() == src.shape() && dst.is_contiguous()) {
+    cuda::copy_bytes(dst.raw_data(), dst.device(), packed.raw_data(), packed.device(),
+                     static_cast<std::size_t>(packed.numel()) * element_size(packed.dtype()));
+    return;
+  }
+  Tensor moved = empty(src.shape(), {src.dtype(), dst.device()});
+  copy_(moved, packed);
+  copy_(dst, moved);
 }
 
 void fill_(const Tensor& t, double value) {
   check_defined(t, "fill_");
   if (t.device().is_cuda()) {
-    LN_CHECK(t.is_contiguous(),
-             "fill_ on a non-contiguous cuda tensor is not supported yet: ", describe(t));
-    cuda::fill(t.raw_data(), t.dtype(), value, t.numel(), t.device().index);
+    cuda::fill(t, value);
     return;
   }
   dispatch(t.dtype(), [&](auto tag) {
@@ -80,10 +88,6 @@ Tensor contiguous(const Tensor& t) {
 Tensor clone(const Tensor& t) {
   check_defined(t, "clone");
   Tensor out = empty(t.shape(), {t.dtype(), t.device()});
-  if (t.device().is_cuda()) {
-    LN_CHECK(t.is_contiguous(),
-             "clone of a non-contiguous cuda tensor is not supported yet: ", describe(t));
-  }
   copy_(out, t);
   return out;
 }
@@ -91,7 +95,6 @@ Tensor clone(const Tensor& t) {
 Tensor to(const Tensor& t, DType dtype) {
   check_defined(t, "to");
   if (t.dtype() == dtype) return t;
-  check_cpu(t, "to(dtype)");
   Tensor out = empty(t.shape(), {dtype, t.device()});
   copy_(out, t);
   return out;

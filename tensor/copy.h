@@ -8,8 +8,8 @@
 namespace longnet {
 
 // Writes src into dst element by element: src broadcasts to dst's shape and is converted
-// to dst's dtype. dst may be any view. Devices must match unless both are contiguous with
-// one dtype (a plain device-to-device copy).
+// to dst's dtype. dst may be any view, on any device: between devices the elements move as
+// they are and are cast and broadcast on dst's device.
 void copy_(const Tensor& dst, const Tensor& src);
 
 // Sets every element of t (any view) to value.

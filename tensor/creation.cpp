@@ -1,36 +1,41 @@
 #include "tensor/creation.h"
 
 #include <cmath>
-#include <numbers>
 
 #include "tensor/copy.h"
+#include "tensor/cuda/random.h"
+#include "tensor/distributions.h"
 
 namespace longnet {
 
 namespace {
 
-// Draws one value per element on the host in f64 from the four words of counter
-// first + i / 4, then converts to the requested dtype and device.
-template <class Draw>
-Tensor draw(const Shape& shape, Generator& gen, TensorOptions options, Draw draw_four) {
-  Tensor host = empty(shape, {DType::f64, Device::cpu()});
-  double* out = host.data<double>();
-  std::int64_t n = host.numel();
+// One value per element from the four words of counter first + i / 4, computed in f64 by
+// distribution and converted to the requested dtype: on the host, or on the device by the
+// same arithmetic (tensor/distributions.h), so both give the same bits. Launch is
+// cuda::draw_normal and friends, called as launch(out, seed, first).
+template <class Distribution, class Launch>
+Tensor draw(const Shape& shape, Generator& gen, TensorOptions options, Distribution distribution,
+            Launch launch) {
+  std::int64_t n = numel(shape);
   std::int64_t counters = (n + 3) / 4;
   std::uint64_t first = gen.reserve(static_cast<std::uint64_t>(counters));
+  if (options.device.is_cuda()) {
+    Tensor out = empty(shape, options);
+    launch(out, gen.seed(), first);
+    return out;
+  }
+  Tensor host = empty(shape, {DType::f64, Device::cpu()});
+  double* out = host.data<double>();
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (std::int64_t c = 0; c < counters; ++c) {
-    std::uint64_t counter = first + static_cast<std::uint64_t>(c);
-    std::array<double, 4> values = draw_four(philox4x32(
-        {static_cast<std::uint32_t>(counter), static_cast<std::uint32_t>(counter >> 32), 0U, 0U},
-        gen.seed()));
+    double values[4];
+    distribution(distributions::philox_words(first + static_cast<std::uint64_t>(c), gen.seed()),
+                 values);
     for (std::int64_t j = 0; j < 4 && 4 * c + j < n; ++j) out[4 * c + j] = values[j];
   }
-  return to(to(host, options.dtype), options.device);
+  return to(host, options.dtype);
 }
-
-// (0, 1]: never 0, so the logarithm in Box-Muller stays finite.
-double open_unit(std::uint32_t word) { return (static_cast<double>(word) + 1.0) * 0x1p-32; }
 
 }  // namespace
 
@@ -72,28 +77,20 @@ template Tensor from_data(const std::vector<std::int64_t>&, const Shape&, Device
 
 Tensor randn(const Shape& shape, Generator& gen, TensorOptions options) {
   LN_CHECK(is_floating(options.dtype), "randn: needs a floating dtype, got ", name(options.dtype));
-  return draw(shape, gen, options, [](std::array<std::uint32_t, 4> w) {
-    std::array<double, 4> out{};
-    for (std::size_t pair = 0; pair < 2; ++pair) {
-      double radius = std::sqrt(-2.0 * std::log(open_unit(w[2 * pair])));
-      double angle = 2.0 * std::numbers::pi * open_unit(w[2 * pair + 1]);
-      out[2 * pair] = radius * std::cos(angle);
-      out[2 * pair + 1] = radius * std::sin(angle);
-    }
-    return out;
-  });
+  return draw(shape, gen, options, distributions::Normal{},
+              [](const Tensor& out, std::uint64_t seed, std::uint64_t first) {
+                cuda::draw_normal(out, seed, first);
+              });
 }
 
 Tensor uniform(const Shape& shape, double low, double high, Generator& gen, TensorOptions options) {
   LN_CHECK(is_floating(options.dtype), "uniform: needs a floating dtype, got ",
            name(options.dtype));
   LN_CHECK(low < high, "uniform: low (", low, ") must be below high (", high, ")");
-  return draw(shape, gen, options, [low, high](std::array<std::uint32_t, 4> w) {
-    std::array<double, 4> out{};
-    // 24 random bits keep every value strictly below high after rounding to f32.
-    for (int j = 0; j < 4; ++j) out[j] = low + (high - low) * ((w[j] >> 8) * 0x1p-24);
-    return out;
-  });
+  return draw(shape, gen, options, distributions::Uniform{low, high},
+              [low, high](const Tensor& out, std::uint64_t seed, std::uint64_t first) {
+                cuda::draw_uniform(out, low, high, seed, first);
+              });
 }
 
 Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, Generator& gen,
@@ -103,13 +100,10 @@ Tensor randint(std::int64_t low, std::int64_t high, const Shape& shape, Generato
   LN_CHECK(low < high && high - low <= (std::int64_t{1} << 32), "randint: need low < high and ",
            "a range of at most 2^32, got [", low, ", ", high, ")");
   auto range = static_cast<std::uint64_t>(high - low);
-  return draw(shape, gen, options, [low, range](std::array<std::uint32_t, 4> w) {
-    std::array<double, 4> out{};
-    for (int j = 0; j < 4; ++j) {
-      out[j] = static_cast<double>(low + static_cast<std::int64_t>((w[j] * range) >> 32));
-    }
-    return out;
-  });
+  return draw(shape, gen, options, distributions::Integer{low, range},
+              [low, range](const Tensor& out, std::uint64_t seed, std::uint64_t first) {
+                cuda::draw_integers(out, low, range, seed, first);
+              });
 }
 
 }  // namespace longnet

@@ -5,6 +5,7 @@
 
 #include "tensor/cpu/loop.h"
 #include "tensor/creation.h"
+#include "tensor/cuda/elementwise.h"
 
 namespace longnet {
 
@@ -188,10 +189,13 @@ const char* name(BinaryOp op) {
 
 Tensor unary(UnaryOp op, const Tensor& x) {
   check_defined(x, name(op));
-  check_cpu(x, name(op));
   LN_CHECK(integer_ok(op) || is_floating(x.dtype()), name(op), ": needs a floating dtype, got ",
            describe(x));
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+  if (x.device().is_cuda()) {
+    cuda::unary(op, x, out);
+    return out;
+  }
   dispatch(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     run_unary<T>(op, x, out, std::make_index_sequence<kUnaryOps>{});
@@ -205,12 +209,16 @@ void binary_out(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out
   check_same_dtype(a, b, name(op));
   check_same_dtype(a, out, name(op));
   check_same_device(a, b, name(op));
-  check_cpu(a, name(op));
+  check_same_device(a, out, name(op));
   LN_CHECK(integer_ok(op) || is_floating(a.dtype()), name(op), ": needs a floating dtype, got ",
            describe(a));
   Shape shape = broadcast_shapes(a.shape(), b.shape(), name(op));
   LN_CHECK(out.shape() == shape, name(op), ": output ", describe(out), " for broadcast shape ",
            str(shape));
+  if (a.device().is_cuda()) {
+    cuda::binary(op, a, b, out);
+    return;
+  }
   dispatch(a.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     run_binary<T>(op, a, b, out, std::make_index_sequence<kBinaryOps>{});
@@ -234,10 +242,13 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_dtype(a, b, "where");
   check_same_device(a, b, "where");
   check_same_device(cond, a, "where");
-  check_cpu(a, "where");
   Shape shape =
       broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   Tensor out = empty(shape, {a.dtype(), a.device()});
+  if (a.device().is_cuda()) {
+    cuda::where(cond, a, b, out);
+    return out;
+  }
   std::array<Strides, 4> strides = {out.strides(), cpu::broadcast_strides(cond, shape),
                                     cpu::broadcast_strides(a, shape),
                                     cpu::broadcast_strides(b, shape)};

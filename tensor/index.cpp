@@ -4,6 +4,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
+#include "tensor/cuda/index.h"
 
 namespace longnet {
 
@@ -12,7 +13,6 @@ namespace {
 void check_index(const Tensor& t, const Tensor& index, const char* op) {
   check_defined(t, op);
   check_defined(index, op);
-  check_cpu(t, op);
   check_same_device(t, index, op);
   LN_CHECK(index.dtype() == DType::i64 || index.dtype() == DType::i32, op,
            ": index must be i64 or i32, got ", describe(index));
@@ -81,6 +81,10 @@ Tensor gather(const Tensor& t, std::int64_t dim, const Tensor& index) {
   auto d = wrap_dim(dim, t.dim(), "gather");
   check_gather_shapes(t, d, index, "gather");
   Tensor out = empty(index.shape(), {t.dtype(), t.device()});
+  if (t.device().is_cuda()) {
+    if (auto bad = cuda::gather(t, d, index, out)) out_of_range("gather", *bad, t.shape()[d], d);
+    return out;
+  }
   dispatch(t.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* in = t.data<T>();
@@ -101,6 +105,12 @@ Tensor scatter_add(const Tensor& t, std::int64_t dim, const Tensor& index, const
   check_gather_shapes(t, d, index, "scatter_add");
   check_gather_shapes(src, -1, index, "scatter_add");
   Tensor out = clone(t);
+  if (t.device().is_cuda()) {
+    if (auto bad = cuda::scatter_add(out, d, index, src)) {
+      out_of_range("scatter_add", *bad, out.shape()[d], d);
+    }
+    return out;
+  }
   dispatch(t.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = compute_t<T>;
@@ -127,6 +137,12 @@ Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index) {
   Strides view_strides(static_cast<std::size_t>(t.dim()), 0);
   view_strides[d] = index.strides()[0];
   Tensor full_idx(index.storage(), shape, view_strides, index.offset(), index.dtype());
+  if (t.device().is_cuda()) {
+    if (auto bad = cuda::gather(t, d, full_idx, out)) {
+      out_of_range("index_select", *bad, t.shape()[d], d);
+    }
+    return out;
+  }
   dispatch(t.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* in = t.data<T>();
@@ -153,6 +169,12 @@ Tensor index_add(const Tensor& t, std::int64_t dim, const Tensor& index, const T
   Strides view_strides(static_cast<std::size_t>(t.dim()), 0);
   view_strides[d] = index.strides()[0];
   Tensor full_idx(index.storage(), expected, view_strides, index.offset(), index.dtype());
+  if (t.device().is_cuda()) {
+    if (auto bad = cuda::scatter_add(out, d, full_idx, src)) {
+      out_of_range("index_add", *bad, out.shape()[d], d);
+    }
+    return out;
+  }
   dispatch(t.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = compute_t<T>;

@@ -6,6 +6,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
+#include "tensor/cuda/matmul.h"
 
 namespace longnet {
 
@@ -107,7 +108,6 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
            describe(a), " and ", describe(b));
   check_same_dtype(a, b, "matmul");
   check_same_device(a, b, "matmul");
-  check_cpu(a, "matmul");
   LN_CHECK(is_floating(a.dtype()), "matmul: needs a floating dtype, got ", describe(a));
   LN_CHECK(a.size(-1) == b.size(-2), "matmul: inner dims differ: ", describe(a), " times ",
            describe(b));
@@ -117,7 +117,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   out_shape.push_back(a.size(-2));
   out_shape.push_back(b.size(-1));
 
-  if (a.dtype() == DType::bf16) {
+  if (a.dtype() == DType::bf16 && a.device().is_cpu()) {
     // bf16 on the CPU: products in f32, rounded once at the end.
     return to(matmul(to(a, DType::f32), to(b, DType::f32)), DType::bf16);
   }
@@ -127,6 +127,10 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   if (out.numel() == 0) return out;
   if (a.size(-1) == 0) {
     fill_(out, 0.0);
+    return out;
+  }
+  if (a.device().is_cuda()) {
+    cuda::matmul(x, y, out);
     return out;
   }
   if (a.dtype() == DType::f64) {

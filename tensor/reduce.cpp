@@ -4,6 +4,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
+#include "tensor/cuda/reduce.h"
 #include "tensor/elementwise.h"
 #include "tensor/view.h"
 
@@ -17,8 +18,9 @@ struct Plan {
   Strides kept_strides;
   Shape reduced_shape;
   Strides reduced_strides;
-  Shape out_shape;         // with or without the size-1 reduced dims
-  std::int64_t count = 1;  // elements reduced into each output
+  Shape out_shape;                 // with or without the size-1 reduced dims
+  std::int64_t count = 1;          // elements reduced into each output
+  std::vector<std::int64_t> dims;  // the reduced dims, in increasing order
 };
 
 Plan plan(const Tensor& t, const std::vector<std::int64_t>& dims, bool keepdim, const char* op) {
@@ -31,6 +33,7 @@ Plan plan(const Tensor& t, const std::vector<std::int64_t>& dims, bool keepdim, 
   Plan p;
   for (std::int64_t d = 0; d < t.dim(); ++d) {
     if (reduced[d]) {
+      p.dims.push_back(d);
       p.reduced_shape.push_back(t.shape()[d]);
       p.reduced_strides.push_back(t.strides()[d]);
       p.count *= t.shape()[d];
@@ -86,11 +89,14 @@ void for_each_output(const Plan& p, ReduceOne reduce_one) {
 
 Tensor sum(const Tensor& t, const std::vector<std::int64_t>& dims, bool keepdim) {
   check_defined(t, "sum");
-  check_cpu(t, "sum");
   Plan p = plan(t, dims, keepdim, "sum");
   Tensor out = empty(p.out_shape, {t.dtype(), t.device()});
   if (p.count == 0) {
     fill_(out, 0.0);
+    return out;
+  }
+  if (t.device().is_cuda()) {
+    cuda::sum(t, p.dims, out);
     return out;
   }
   cpu::Layout<1> reduced = cpu::coalesce<1>(p.reduced_shape, {p.reduced_strides});
@@ -119,12 +125,15 @@ Tensor mean(const Tensor& t, const std::vector<std::int64_t>& dims, bool keepdim
 
 MaxResult max(const Tensor& t, std::int64_t dim, bool keepdim) {
   check_defined(t, "max");
-  check_cpu(t, "max");
   auto d = wrap_dim(dim, t.dim(), "max");
   LN_CHECK(t.shape()[d] > 0, "max: dim ", d, " of ", describe(t), " is empty");
   Plan p = plan(t, {d}, keepdim, "max");
   MaxResult r{empty(p.out_shape, {t.dtype(), t.device()}),
               empty(p.out_shape, {DType::i64, t.device()})};
+  if (t.device().is_cuda()) {
+    cuda::max(t, d, r.values, r.indices);
+    return r;
+  }
   std::int64_t n = t.shape()[d];
   std::int64_t stride = t.strides()[d];
   dispatch(t.dtype(), [&](auto tag) {

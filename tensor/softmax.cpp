@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "tensor/cpu/loop.h"
+#include "tensor/cuda/softmax.h"
 
 namespace longnet {
 
@@ -37,9 +38,14 @@ enum class Kind { softmax, log_softmax };
 template <Kind kind>
 Tensor forward(const Tensor& x, std::int64_t dim, const char* op) {
   check_defined(x, op);
-  check_cpu(x, op);
   auto d = wrap_dim(dim, x.dim(), op);
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+  if (x.device().is_cuda()) {
+    LN_CHECK(is_floating(x.dtype()), op, ": expected a floating dtype (f32, f64, bf16), got ",
+             name(x.dtype()));
+    cuda::softmax_forward(x, d, kind == Kind::log_softmax, out);
+    return out;
+  }
   dispatch_floating(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -79,10 +85,15 @@ Tensor backward(const Tensor& y, const Tensor& dy, std::int64_t dim, const char*
   check_defined(dy, op);
   check_same_dtype(y, dy, op);
   check_same_device(y, dy, op);
-  check_cpu(y, op);
   LN_CHECK(y.shape() == dy.shape(), op, ": shapes differ: ", describe(y), " vs ", describe(dy));
   auto d = wrap_dim(dim, y.dim(), op);
   Tensor dx = empty(y.shape(), {y.dtype(), y.device()});
+  if (y.device().is_cuda()) {
+    LN_CHECK(is_floating(y.dtype()), op, ": expected a floating dtype (f32, f64, bf16), got ",
+             name(y.dtype()));
+    cuda::softmax_backward(y, dy, d, kind == Kind::log_softmax, dx);
+    return dx;
+  }
   dispatch_floating(y.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = std::conditional_t<std::is_same_v<T, double>, double, float>;

@@ -41,7 +41,6 @@ struct OpCase {
 };
 
 Input idx(Shape shape, std::int64_t high) { return {std::move(shape), Domain::index, high}; }
-Input pos(Shape shape) { return {std::move(shape), Domain::positive}; }
 
 Tensor draw(const Input& in, Generator& gen) {
   switch (in.domain) {

@@ -9,20 +9,11 @@
 #include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
 #include "tensor/creation.h"
+#include "train/cuda/adamw.h"
 
 namespace longnet {
 
 namespace {
-
-// The per-step scalars of the update, as PyTorch's _single_tensor_adamw computes them.
-struct AdamWStep {
-  double decay;  // 1 - lr * weight_decay, or 1 for parameters without decay
-  double beta1;
-  double beta2;
-  double step_size;              // lr / (1 - beta1^t)
-  double bias_correction2_sqrt;  // sqrt(1 - beta2^t)
-  double eps;
-};
 
 // One fused pass over a parameter p, its gradient g (both of type T) and its moments m, v
 // (of type compute_t<T>: f32 for f32 and bf16, f64 for f64). The arithmetic follows
@@ -151,9 +142,8 @@ void AdamW::step(double lr) {
     LN_CHECK(g.shape() == p.shape() && g.dtype() == p.dtype(), "AdamW::step: gradient ",
              describe(g), " of parameter '", s.name, "' ", describe(p),
              " must have the parameter's shape and dtype");
-    LN_CHECK(p.device().is_cpu() && g.device().is_cpu(), "AdamW::step: parameter '", s.name, "' ",
-             describe(p), " with gradient ", describe(g),
-             ": the update runs on the cpu only; move the model to the cpu");
+    LN_CHECK(g.device() == p.device(), "AdamW::step: gradient ", describe(g), " of parameter '",
+             s.name, "' ", describe(p), " must be on the parameter's device");
   }
   NoGradGuard no_grad;
   ++steps_;
@@ -169,6 +159,10 @@ void AdamW::step(double lr) {
     if (!g.defined()) continue;
     s.decay = slot.decay ? 1 - lr * config_.weight_decay : 1.0;
     const Tensor& p = slot.parameter.data();
+    if (p.device().is_cuda()) {
+      cuda::adamw_update(p, g, slot.exp_avg, slot.exp_avg_sq, s);
+      continue;
+    }
     dispatch_floating(p.dtype(), "AdamW::step", [&](auto tag) {
       adamw_update<typename decltype(tag)::type>(p, g, slot.exp_avg, slot.exp_avg_sq, s);
     });
@@ -270,18 +264,46 @@ double scheduled_lr(double lr, Schedule schedule, std::int64_t warmup_steps,
 
 double clip_grad_norm(const std::vector<Variable>& parameters, double max_norm) {
   LN_CHECK(max_norm > 0, "clip_grad_norm: max_norm is ", max_norm, ", expected > 0");
-  double sum = 0;
-  for (const Variable& p : parameters) {
+  // Per parameter, in order: cpu sums at once, device sums into one f64 slot per parameter
+  // on their device, read back together (one wait per device).
+  std::vector<double> sums(parameters.size(), 0.0);
+  std::map<int, Tensor> device_sums;
+  for (std::size_t i = 0; i < parameters.size(); ++i) {
+    const Variable& p = parameters[i];
     LN_CHECK(p.defined(), "clip_grad_norm: a parameter is undefined");
-    if (p.grad().defined()) sum += sum_of_squares(p.grad());
+    const Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    if (g.device().is_cuda()) {
+      Tensor& slots = device_sums[g.device().index];
+      if (!slots.defined()) {
+        slots = zeros({static_cast<std::int64_t>(parameters.size())}, {DType::f64, g.device()});
+      }
+      cuda::sum_of_squares(g, slots, static_cast<std::int64_t>(i));
+    } else {
+      sums[i] = sum_of_squares(g);
+    }
   }
+  for (const auto& [index, slots] : device_sums) {
+    std::vector<double> values = slots.to_vector<double>();
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+      const Tensor& g = parameters[i].grad();
+      if (g.defined() && g.device() == Device::cuda(index)) sums[i] = values[i];
+    }
+  }
+  double sum = 0;
+  for (double s : sums) sum += s;
   double norm = std::sqrt(sum);
   // torch.nn.utils.clip_grad_norm_: the coefficient is clamped to 1, so nothing changes at
   // or below max_norm (up to the 1e-6); a NaN or Inf norm scales nothing here.
   double coef = max_norm / (norm + 1e-6);
   if (std::isfinite(norm) && coef < 1) {
     for (const Variable& p : parameters) {
-      if (p.grad().defined()) scale_(p.grad(), coef);
+      if (!p.grad().defined()) continue;
+      if (p.grad().device().is_cuda()) {
+        cuda::scale_(p.grad(), coef);
+      } else {
+        scale_(p.grad(), coef);
+      }
     }
   }
   return norm;

@@ -28,9 +28,10 @@ bool decays(const std::string& name, const Variable& parameter);
 //   p -= lr * weight_decay * p            (only where decays(name, p))
 //   m = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
 //   p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
-// Moments are kept in f32 (f64 for f64 parameters); parameters of any floating dtype, on
-// the cpu, updated in one fused pass each. A parameter without a gradient is skipped (its
-// moments untouched), as in PyTorch.
+// Moments are kept in f32 (f64 for f64 parameters) on the parameter's device; parameters
+// of any floating dtype, on the cpu or a CUDA device (gradients on the parameter's device),
+// updated in one fused pass (one kernel) each, in the same arithmetic order on both. A
+// parameter without a gradient is skipped (its moments untouched), as in PyTorch.
 class AdamW {
  public:
   // named parameters, e.g. model.named_parameters(); names must be distinct.
@@ -46,8 +47,10 @@ class AdamW {
   // "exp_avg_sq.<name>" per parameter, in parameter order; tensors share storage with the
   // state (save or clone them before the next step).
   NamedTensors state() const;
-  // Restores state() output. Every missing or unexpected name and every shape or dtype
-  // mismatch is reported at once, naming the tensors; nothing is changed on error.
+  // Restores state() output, copying values in from whatever device they are on (a state
+  // saved from a GPU optimizer loads into a cpu one and vice versa). Every missing or
+  // unexpected name and every shape or dtype mismatch is reported at once, naming the
+  // tensors; nothing is changed on error.
   void load_state(const NamedTensors& state);
 
  private:
@@ -76,7 +79,8 @@ double scheduled_lr(double lr, Schedule schedule, std::int64_t warmup_steps,
                     std::int64_t total_steps, double min_lr_ratio, std::int64_t step);
 
 // The global L2 norm of all gradients (accumulated in f64 in one order, so the same for
-// every thread count; parameters without a gradient count as 0). When it is finite and
+// every thread count and run; on a CUDA device each gradient's sum of squares is reduced in
+// an order fixed by its size; parameters without a gradient count as 0). When it is finite and
 // coef = max_norm / (norm + 1e-6) < 1 (max_norm > 0), every gradient is scaled by coef, as
 // torch.nn.utils.clip_grad_norm_ does. Returns the norm before
 // clipping; a NaN or Inf norm is returned as is and nothing is scaled.

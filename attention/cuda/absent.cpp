@@ -1,0 +1,20 @@
+// The CUDA attention kernels of a build without CUDA: no tensor can be on a device there,
+// so these only keep the dispatch in attention/dilated.cpp linkable.
+#include "attention/cuda/dilated.h"
+#include "tensor/cuda/runtime.h"
+
+namespace longnet::cuda {
+
+void dilated_attention_forward(const Tensor&, const Tensor&, const Tensor&,
+                               const DilatedAttentionConfig&, double, const Tensor&,
+                               const Tensor&) {
+  no_cuda();
+}
+
+void dilated_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                const Tensor&, const Tensor&, const DilatedAttentionConfig&, double,
+                                const Tensor&, const Tensor&, const Tensor&) {
+  no_cuda();
+}
+
+}  // namespace longnet::cuda

@@ -1,0 +1,762 @@
+// Flash-attention style dilated attention on CUDA cores (f32 arithmetic for f32 and bf16
+// inputs). A block of 256 threads owns one 64-row tile of compact rows of one (batch, head,
+// segment) for one branch; the forward walks the segment's key tiles with an online softmax,
+// the backward walks query tiles for one key tile. Thread (ty, tx) of the 16 x 16 grid
+// holds scores [ty + 16 i][tx + 16 j] for i, j < 4, so a row's 16 owners share a half-warp
+// and reduce by shuffles.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "attention/cuda/dilated.h"
+#include "tensor/cuda/check.h"
+#include "tensor/cuda/stream.h"
+
+namespace longnet::cuda {
+
+namespace {
+
+constexpr int kTile = 64;            // compact rows per query tile and per key tile
+constexpr int kThreads = 256;        // 16 x 16
+constexpr int kPad = 4;              // floats of padding per shared row: keeps float4 alignment and
+                                     // puts the 8 rows a quarter-warp reads in distinct bank groups
+constexpr int kPRow = kTile + kPad;  // row length of the shared probability tiles
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Where an operand's rows live: element strides of batch, position and head (the last dim
+// has stride 1).
+struct Operand {
+  const void* data;
+  std::int64_t sb, sn, sh;
+};
+
+struct Problem {
+  std::int64_t nq, nk, n;  // n = max(nq, nk): the positions segments are laid over
+  std::int64_t heads, d, dv;
+  bool causal;
+  float scale;       // multiplies q.k
+  float scale_log2;  // scale * log2(e): the kernels exponentiate in base 2
+};
+
+// One branch applied to heads [head_begin, head_begin + heads).
+struct Branch {
+  std::int64_t w;  // segment length, at most n
+  std::int64_t r;
+  std::int64_t segments;
+  int tiles;  // compact tiles per segment (the most any offset needs)
+  int head_begin;
+  int heads;
+  int offset;       // the group's offset (grouped mode), or -1: head h uses h mod r (paper)
+  float out_scale;  // 1/m in grouped mode
+  bool merge;       // fold into the (out, lse) of earlier branches (paper mode after the first)
+};
+
+// One launch: branches on consecutive head ranges, blockIdx.y the head. Paper mode launches
+// each branch on all heads in turn (each merges into the last); grouped mode runs its groups
+// side by side, so a group of few heads does not leave the GPU idle.
+constexpr int kMaxBranches = 8;
+struct Launch {
+  Branch branch[kMaxBranches];  // sorted by head_begin, none empty
+  int count;
+  int head_begin;
+  int heads;
+  std::int64_t blocks;  // grid x: the most (segment, tile) pairs any branch has
+};
+
+// The branch of head. Constant indices keep the table in parameter space (a dynamic index
+// would copy it to local memory).
+__device__ __forceinline__ Branch branch_of(const Launch& l, int head) {
+  Branch br = l.branch[0];
+#pragma unroll
+  for (int i = 1; i < kMaxBranches; ++i) {
+    if (i < l.count && head >= l.branch[i].head_begin) br = l.branch[i];
+  }
+  return br;
+}
+
+// The rows of one segment a block works on.
+struct Segment {
+  std::int64_t first;   // position of compact row 0
+  std::int64_t nq, nk;  // compact query and key rows
+  int tile;
+};
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+
+__device__ __forceinline__ std::int64_t count_selected(std::int64_t first, std::int64_t end,
+                                                       std::int64_t r) {
+  return first < end ? (end - first + r - 1) / r : 0;
+}
+
+// blockIdx.x enumerates (segment, tile); reverse puts a segment's last tile first, which
+// under the causal mask is the heaviest, so the long blocks start early.
+__device__ __forceinline__ Segment locate(const Problem& p, const Branch& br, int head,
+                                          bool reverse) {
+  std::int64_t seg = blockIdx.x / br.tiles;
+  int tile = static_cast<int>(blockIdx.x % br.tiles);
+  std::int64_t t0 = seg * br.w;
+  std::int64_t j = br.offset >= 0 ? br.offset : head % br.r;
+  std::int64_t end = t0 + br.w;
+  Segment s;
+  s.first = t0 + j;
+  s.nq = count_selected(s.first, end < p.nq ? end : p.nq, br.r);
+  s.nk = count_selected(s.first, end < p.nk ? end : p.nk, br.r);
+  s.tile = reverse ? br.tiles - 1 - tile : tile;
+  return s;
+}
+
+// Head dims are padded to kD; a thread owns kD / 16 output columns in chunks of kV
+// consecutive floats: columns c * 16 * kV + tx * kV + e.
+constexpr int vec_width(int kd) { return kd >= 64 ? 4 : 2; }
+
+template <int kV>
+__device__ __forceinline__ void load_vec(const float* p, float* x) {
+  if constexpr (kV == 4) {
+    float4 t = *reinterpret_cast<const float4*>(p);
+    x[0] = t.x;
+    x[1] = t.y;
+    x[2] = t.z;
+    x[3] = t.w;
+  } else {
+    float2 t = *reinterpret_cast<const float2*>(p);
+    x[0] = t.x;
+    x[1] = t.y;
+  }
+}
+
+// Copies `rows` compact rows (the first at position `pos`, then every r) of one head into a
+// shared tile of kTile rows of kD + kPad floats; rows and columns beyond the data are 0.
+// Consecutive threads read consecutive columns, so each row is one coalesced read.
+template <class T, int kD>
+__device__ void load_rows(float* tile, const Operand& op, std::int64_t batch, int head,
+                          std::int64_t pos, std::int64_t r, std::int64_t rows, std::int64_t dim) {
+  const T* base = static_cast<const T*>(op.data) + batch * op.sb + pos * op.sn + head * op.sh;
+  const std::int64_t stride = r * op.sn;
+  for (int idx = threadIdx.x; idx < kTile * kD; idx += kThreads) {
+    int row = idx / kD;
+    int col = idx % kD;
+    float x = 0;
+    if (row < rows && col < dim) x = to_float(base[row * stride + col]);
+    tile[row * (kD + kPad) + col] = x;
+  }
+}
+
+// s[i][j] = a[ty + 16 i] . b[tx + 16 j] over shared tiles. The a rows are one address per
+// half-warp (broadcast); the padding puts the b rows a quarter-warp reads in distinct banks.
+template <int kD>
+__device__ __forceinline__ void tile_scores(const float* a, const float* b, int ty, int tx,
+                                            float (&s)[4][4]) {
+  constexpr int kRow = kD + kPad;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) s[i][j] = 0;
+  }
+#pragma unroll 4
+  for (int c = 0; c < kD; c += 4) {
+    float4 x[4];
+    float4 y[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      x[i] = *reinterpret_cast<const float4*>(a + (ty + 16 * i) * kRow + c);
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      y[j] = *reinterpret_cast<const float4*>(b + (tx + 16 * j) * kRow + c);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        s[i][j] = fmaf(x[i].x, y[j].x, s[i][j]);
+        s[i][j] = fmaf(x[i].y, y[j].y, s[i][j]);
+        s[i][j] = fmaf(x[i].z, y[j].z, s[i][j]);
+        s[i][j] = fmaf(x[i].w, y[j].w, s[i][j]);
+      }
+    }
+  }
+}
+
+// Sum or max over the 16 lanes that share a score row.
+__device__ __forceinline__ float row_sum(float x) {
+#pragma unroll
+  for (int off = 8; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+__device__ __forceinline__ float row_max(float x) {
+#pragma unroll
+  for (int off = 8; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+  return x;
+}
+
+// Forward of one branch for one query tile. O is the type out is kept in: T when this
+// launch writes final values, f32 when the branches merge into it.
+template <class T, class O, int kD>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(Operand q, Operand k, Operand v, O* out, float* lse, Problem p, Launch launch) {
+  constexpr int kRow = kD + kPad;
+  constexpr int kV = vec_width(kD);
+  constexpr int kCols = kD / 16;
+  extern __shared__ float4 shared[];
+  float* qs = reinterpret_cast<float*>(shared);
+  float* ks = qs + kTile * kRow;
+  float* vs = ks + kTile * kRow;
+  float* ps = vs + kTile * kRow;
+
+  const int head = launch.head_begin + static_cast<int>(blockIdx.y);
+  const Branch br = branch_of(launch, head);
+  if (blockIdx.x >= br.segments * br.tiles) return;
+  const std::int64_t batch = blockIdx.z;
+  const Segment s = locate(p, br, head, /*reverse=*/true);
+  const std::int64_t a0 = static_cast<std::int64_t>(s.tile) * kTile;
+  if (a0 >= s.nq || s.nk == 0) return;
+  const int tx = static_cast<int>(threadIdx.x % 16);
+  const int ty = static_cast<int>(threadIdx.x / 16);
+
+  load_rows<T, kD>(qs, q, batch, head, s.first + a0 * br.r, br.r,
+                   std::min<std::int64_t>(kTile, s.nq - a0), p.d);
+  float m[4];  // running row max (base 2), the same in all 16 owners of the row
+  float l[4];  // this thread's part of the running row sum
+  float o[4][kCols] = {};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    m[i] = -kInf;
+    l[i] = 0;
+  }
+
+  // Under the causal mask compact query row a sees compact keys 0..a of its segment.
+  const std::int64_t key_end = p.causal ? std::min<std::int64_t>(s.nk, a0 + kTile) : s.nk;
+  for (std::int64_t k0 = 0; k0 < key_end; k0 += kTile) {
+    __syncthreads();  // the previous tile's readers are done
+    std::int64_t rows = std::min<std::int64_t>(kTile, s.nk - k0);
+    load_rows<T, kD>(ks, k, batch, head, s.first + k0 * br.r, br.r, rows, p.d);
+    load_rows<T, kD>(vs, v, batch, head, s.first + k0 * br.r, br.r, rows, p.dv);
+    __syncthreads();
+    float sc[4][4];
+    tile_scores<kD>(qs, ks, ty, tx, sc);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const std::int64_t row = a0 + ty + 16 * i;
+      float top = -kInf;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const std::int64_t key = k0 + tx + 16 * j;
+        bool seen = key < s.nk && (!p.causal || key <= row);
+        sc[i][j] = seen ? sc[i][j] * p.scale_log2 : -kInf;
+        top = fmaxf(top, sc[i][j]);
+      }
+      const float m_new = fmaxf(m[i], row_max(top));
+      // A row that has seen no key yet keeps exp2(-inf - 0) = 0 everywhere instead of NaN.
+      const float base = m_new == -kInf ? 0.f : m_new;
+      const float alpha = exp2f(m[i] - base);
+      float sum = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        sc[i][j] = exp2f(sc[i][j] - base);
+        sum += sc[i][j];
+        ps[(ty + 16 * i) * kPRow + tx + 16 * j] = sc[i][j];
+      }
+      l[i] = l[i] * alpha + sum;
+      m[i] = m_new;
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) o[i][c] *= alpha;
+    }
+    __syncthreads();
+    // o += P V: P rows broadcast per half-warp, V columns one float4 (or float2) per lane.
+#pragma unroll 2
+    for (int kk = 0; kk < kTile; kk += 4) {
+      float4 pr[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        pr[i] = *reinterpret_cast<const float4*>(ps + (ty + 16 * i) * kPRow + kk);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        float vv[kCols];
+#pragma unroll
+        for (int c = 0; c < kCols / kV; ++c) {
+          load_vec<kV>(vs + (kk + u) * kRow + c * 16 * kV + tx * kV, vv + c * kV);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float pu = reinterpret_cast<const float*>(&pr[i])[u];
+#pragma unroll
+          for (int c = 0; c < kCols; ++c) o[i][c] = fmaf(pu, vv[c], o[i][c]);
+        }
+      }
+    }
+  }
+
+  // Reductions first, for all rows at once: every lane of the warp must reach each shuffle.
+  float total[4];
+  float lse_old[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    total[i] = row_sum(l[i]);
+    // Merging: the row's first lane reads the earlier lse and shares it, so no lane reads it
+    // after that lane has overwritten it.
+    const std::int64_t row = a0 + ty + 16 * i;
+    const std::int64_t lse_index = (batch * p.heads + head) * p.nq + s.first + row * br.r;
+    lse_old[i] = br.merge && row < s.nq && tx == 0 ? lse[lse_index] : -kInf;
+    lse_old[i] = __shfl_sync(0xffffffffu, lse_old[i], 0, 16);
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const std::int64_t row = a0 + ty + 16 * i;
+    if (row >= s.nq) continue;
+    const std::int64_t pos = s.first + row * br.r;
+    const float lse_new = (m[i] + log2f(total[i])) * kLn2;
+    float w_old = 0;
+    float w_new = 1;
+    float lse_out = lse_new;
+    if (br.merge) {
+      // out and this branch's output are each normalised; weight them by their denominators.
+      const float top = fmaxf(lse_old[i], lse_new);
+      w_old = lse_old[i] == -kInf ? 0.f : expf(lse_old[i] - top);
+      w_new = expf(lse_new - top);
+      lse_out = top + logf(w_old + w_new);
+      const float norm = 1.f / (w_old + w_new);
+      w_old *= norm;
+      w_new *= norm;
+    }
+    const float gain = w_new * br.out_scale / total[i];
+    O* dst = out + ((batch * p.nq + pos) * p.heads + head) * p.dv;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int col = (c / kV) * 16 * kV + tx * kV + c % kV;
+      if (col >= p.dv) continue;
+      float x = o[i][c] * gain;
+      if (br.merge) x += to_float(dst[col]) * w_old;
+      dst[col] = from_float<O>(x);
+    }
+    if (tx == 0) lse[(batch * p.heads + head) * p.nq + pos] = lse_out;
+  }
+}
+
+// Backward of one branch for one key tile: dk and dv of the tile's keys in registers over
+// all query tiles that see them, dq added atomically (f32) per query tile. P is recomputed
+// from the saved lse; dS = P (dO' . v - Dp) with dO' = out_scale dO.
+template <class T, int kD>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(Operand q, Operand k, Operand v, Operand dout, const float* lse,
+                    const float* dp, float* dq, float* dk, float* dv, Problem p, Launch launch,
+                    bool vector_atomics) {
+  constexpr int kRow = kD + kPad;
+  constexpr int kV = vec_width(kD);
+  constexpr int kCols = kD / 16;
+  extern __shared__ float4 shared[];
+  float* ks = reinterpret_cast<float*>(shared);
+  float* vs = ks + kTile * kRow;
+  float* qs = vs + kTile * kRow;
+  float* dos = qs + kTile * kRow;
+  float* ps = dos + kTile * kRow;   // P [query][key]
+  float* dss = ps + kTile * kPRow;  // dS [query][key]
+  float* lse_s = dss + kTile * kPRow;
+  float* dp_s = lse_s + kTile;
+
+  const int head = launch.head_begin + static_cast<int>(blockIdx.y);
+  const Branch br = branch_of(launch, head);
+  if (blockIdx.x >= br.segments * br.tiles) return;
+  const std::int64_t batch = blockIdx.z;
+  const Segment s = locate(p, br, head, /*reverse=*/false);
+  const std::int64_t k0 = static_cast<std::int64_t>(s.tile) * kTile;
+  if (k0 >= s.nk || s.nq == 0) return;
+  const int tx = static_cast<int>(threadIdx.x % 16);
+  const int ty = static_cast<int>(threadIdx.x / 16);
+
+  const std::int64_t key_rows = std::min<std::int64_t>(kTile, s.nk - k0);
+  load_rows<T, kD>(ks, k, batch, head, s.first + k0 * br.r, br.r, key_rows, p.d);
+  load_rows<T, kD>(vs, v, batch, head, s.first + k0 * br.r, br.r, key_rows, p.dv);
+  // Keys 4 ty + i of the tile, columns as in the forward's output.
+  float dk_acc[4][kCols] = {};
+  float dv_acc[4][kCols] = {};
+  const float* lse_h = lse + (batch * p.heads + head) * p.nq;
+  const float* dp_h = dp + (batch * p.heads + head) * p.nq;
+
+  // Query tiles before the key tile see none of its keys under the causal mask.
+  for (std::int64_t a0 = p.causal ? k0 : 0; a0 < s.nq; a0 += kTile) {
+    __syncthreads();  // the previous tile's readers are done
+    const int rows = static_cast<int>(std::min<std::int64_t>(kTile, s.nq - a0));
+    load_rows<T, kD>(qs, q, batch, head, s.first + a0 * br.r, br.r, rows, p.d);
+    load_rows<T, kD>(dos, dout, batch, head, s.first + a0 * br.r, br.r, rows, p.dv);
+    for (int t = threadIdx.x; t < kTile; t += kThreads) {
+      const std::int64_t pos = s.first + (a0 + t) * br.r;
+      lse_s[t] = t < rows ? lse_h[pos] * kLog2e : 0.f;
+      dp_s[t] = t < rows ? dp_h[pos] : 0.f;
+    }
+    __syncthreads();
+    float sc[4][4];
+    float dpv[4][4];
+    tile_scores<kD>(qs, ks, ty, tx, sc);
+    tile_scores<kD>(dos, vs, ty, tx, dpv);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int qi = ty + 16 * i;
+      const std::int64_t row = a0 + qi;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const std::int64_t key = k0 + tx + 16 * j;
+        const bool seen = row < s.nq && key < s.nk && (!p.causal || key <= row);
+        const float pv = seen ? exp2f(sc[i][j] * p.scale_log2 - lse_s[qi]) : 0.f;
+        ps[qi * kPRow + tx + 16 * j] = pv;
+        dss[qi * kPRow + tx + 16 * j] = pv * (dpv[i][j] * br.out_scale - dp_s[qi]);
+      }
+    }
+    __syncthreads();
+    // dv += P^T dO, dk += dS^T q: four consecutive keys per thread, read as one float4.
+    for (int row = 0; row < rows; ++row) {
+      const float4 pk = *reinterpret_cast<const float4*>(ps + row * kPRow + 4 * ty);
+      const float4 sk = *reinterpret_cast<const float4*>(dss + row * kPRow + 4 * ty);
+      float dov[kCols];
+      float qv[kCols];
+#pragma unroll
+      for (int c = 0; c < kCols / kV; ++c) {
+        load_vec<kV>(dos + row * kRow + c * 16 * kV + tx * kV, dov + c * kV);
+        load_vec<kV>(qs + row * kRow + c * 16 * kV + tx * kV, qv + c * kV);
+      }
+      const float pa[4] = {pk.x, pk.y, pk.z, pk.w};
+      const float sa[4] = {sk.x, sk.y, sk.z, sk.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) {
+          dv_acc[i][c] = fmaf(pa[i], dov[c], dv_acc[i][c]);
+          dk_acc[i][c] = fmaf(sa[i], qv[c], dk_acc[i][c]);
+        }
+      }
+    }
+    // dq += dS k for query rows 4 ty + i.
+    float dq_acc[4][kCols] = {};
+#pragma unroll 2
+    for (int key = 0; key < kTile; key += 4) {
+      float4 sr[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        sr[i] = *reinterpret_cast<const float4*>(dss + (4 * ty + i) * kPRow + key);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        float kv[kCols];
+#pragma unroll
+        for (int c = 0; c < kCols / kV; ++c) {
+          load_vec<kV>(ks + (key + u) * kRow + c * 16 * kV + tx * kV, kv + c * kV);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float su = reinterpret_cast<const float*>(&sr[i])[u];
+#pragma unroll
+          for (int c = 0; c < kCols; ++c) dq_acc[i][c] = fmaf(su, kv[c], dq_acc[i][c]);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const std::int64_t row = a0 + 4 * ty + i;
+      if (row >= s.nq) continue;
+      float* dst = dq + ((batch * p.nq + s.first + row * br.r) * p.heads + head) * p.d;
+#pragma unroll
+      for (int c = 0; c < kCols; c += kV) {
+        const int col = (c / kV) * 16 * kV + tx * kV;
+        if (col >= p.d) continue;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if constexpr (kV == 4) {
+          if (vector_atomics) {
+            atomicAdd(reinterpret_cast<float4*>(dst + col),
+                      make_float4(dq_acc[i][c] * p.scale, dq_acc[i][c + 1] * p.scale,
+                                  dq_acc[i][c + 2] * p.scale, dq_acc[i][c + 3] * p.scale));
+            continue;
+          }
+        }
+#endif
+#pragma unroll
+        for (int e = 0; e < kV; ++e) {
+          if (col + e < p.d) atomicAdd(dst + col + e, dq_acc[i][c + e] * p.scale);
+        }
+      }
+    }
+  }
+
+  // Within one launch a key belongs to one block, and launches run in order on one stream:
+  // a plain read-modify-write accumulates the branches.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const std::int64_t key = k0 + 4 * ty + i;
+    if (key >= s.nk) continue;
+    const std::int64_t pos = s.first + key * br.r;
+    float* dk_row = dk + ((batch * p.nk + pos) * p.heads + head) * p.d;
+    float* dv_row = dv + ((batch * p.nk + pos) * p.heads + head) * p.dv;
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) {
+      const int col = (c / kV) * 16 * kV + tx * kV + c % kV;
+      if (col < p.d) dk_row[col] += dk_acc[i][c] * p.scale;
+      if (col < p.dv) dv_row[col] += dv_acc[i][c] * br.out_scale;
+    }
+  }
+}
+
+// Dp[b, h, n] = sum_c dout[b, n, h, c] out[b, n, h, c]: one warp per row.
+template <class T>
+__global__ void dp_kernel(Operand out, Operand dout, float* dp, std::int64_t batch, std::int64_t nq,
+                          std::int64_t heads, std::int64_t dv) {
+  const std::int64_t row = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (row >= batch * nq * heads) return;  // whole warps leave together
+  const std::int64_t h = row % heads;
+  const std::int64_t n = (row / heads) % nq;
+  const std::int64_t b = row / (heads * nq);
+  const T* o = static_cast<const T*>(out.data) + b * out.sb + n * out.sn + h * out.sh;
+  const T* g = static_cast<const T*>(dout.data) + b * dout.sb + n * dout.sn + h * dout.sh;
+  float sum = 0;
+  for (std::int64_t c = lane; c < dv; c += 32) sum += to_float(o[c]) * to_float(g[c]);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) dp[(b * heads + h) * nq + n] = sum;
+}
+
+template <class T>
+__global__ void fill_kernel(T* dst, T value, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = value;
+  }
+}
+
+template <class T>
+__global__ void convert_kernel(T* dst, const float* src, std::int64_t n) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = from_float<T>(src[i]);
+  }
+}
+
+// ---- launchers ----
+
+template <class T>
+void fill_value(T* dst, T value, std::int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  fill_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, value, n);
+  LN_CUDA_CHECK(cudaGetLastError());
+}
+
+// All bits 0 is 0 in f32 and bf16 alike.
+void zero(const Tensor& t, cudaStream_t stream) {
+  LN_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.numel() * element_size(t.dtype()), stream));
+}
+
+template <class T>
+void convert(const Tensor& dst, const Tensor& src, cudaStream_t stream) {
+  std::int64_t n = dst.numel();
+  if (n == 0) return;
+  convert_kernel<<<grid_for(n), kThreads, 0, stream>>>(
+      static_cast<T*>(dst.raw_data()), static_cast<const float*>(src.raw_data()), n);
+  LN_CUDA_CHECK(cudaGetLastError());
+}
+
+Operand operand(const Tensor& t) { return {t.raw_data(), t.stride(0), t.stride(1), t.stride(2)}; }
+
+Problem problem(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
+  Problem p;
+  p.nq = q.size(1);
+  p.nk = k.size(1);
+  p.n = std::max(p.nq, p.nk);
+  p.heads = q.size(2);
+  p.d = q.size(3);
+  p.dv = v.size(3);
+  p.causal = causal;
+  p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
+  return p;
+}
+
+// The launches of a configuration, mirroring the CPU's plan (attention/dilated.cpp):
+// paper mode runs every branch on all heads, grouped mode each group's branch on its heads.
+std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p) {
+  auto m = static_cast<std::int64_t>(c.segment_lengths.size());
+  std::vector<Launch> launches;
+  auto add = [&](std::int64_t b, std::int64_t head_begin, std::int64_t heads, int offset,
+                 float out_scale, bool merge, bool new_launch) {
+    Branch br;
+    br.w = std::min(c.segment_lengths[b], p.n);  // a longer segment is one segment
+    br.r = c.dilation_rates[b];
+    br.segments = (p.n + br.w - 1) / br.w;
+    std::int64_t rows = (br.w + br.r - 1) / br.r;
+    br.tiles = static_cast<int>((rows + kTile - 1) / kTile);
+    br.head_begin = static_cast<int>(head_begin);
+    br.heads = static_cast<int>(heads);
+    br.offset = offset;
+    br.out_scale = out_scale;
+    br.merge = merge;
+    LN_CHECK(br.segments * br.tiles < (std::int64_t{1} << 31),
+             "dilated attention on cuda: ", br.segments * br.tiles,
+             " tiles in one launch exceed the grid; use longer segments or a shorter sequence");
+    if (new_launch || launches.empty() || launches.back().count == kMaxBranches) {
+      Launch l{};
+      l.head_begin = br.head_begin;
+      launches.push_back(l);
+    }
+    Launch& l = launches.back();
+    l.branch[l.count++] = br;
+    l.heads = br.head_begin + br.heads - l.head_begin;
+    l.blocks = std::max(l.blocks, br.segments * br.tiles);
+  };
+  if (c.mode == DilatedMode::paper) {
+    for (std::int64_t b = 0; b < m; ++b) add(b, 0, p.heads, -1, 1.f, b > 0, true);
+    return launches;
+  }
+  std::int64_t head = 0;
+  for (std::int64_t g = 0; g < m; ++g) {
+    std::int64_t size = p.heads / m + (g < p.heads % m ? 1 : 0);
+    if (size > 0) {
+      add(g, head, size, static_cast<int>(g % c.dilation_rates[g]), 1.f / static_cast<float>(m),
+          false, false);
+    }
+    head += size;
+  }
+  return launches;
+}
+
+dim3 grid_of(const Launch& l, std::int64_t batch) {
+  LN_CHECK(batch <= 65535 && l.heads <= 65535, "dilated attention on cuda: batch ", batch,
+           " and heads ", l.heads, " must each be at most 65535 (grid limits); split the batch");
+  return dim3(static_cast<unsigned>(l.blocks), static_cast<unsigned>(l.heads),
+              static_cast<unsigned>(batch));
+}
+
+constexpr std::size_t forward_shared_bytes(int kd) {
+  return sizeof(float) * (3 * kTile * (kd + kPad) + kTile * kPRow);
+}
+constexpr std::size_t backward_shared_bytes(int kd) {
+  return sizeof(float) * (4 * kTile * (kd + kPad) + 2 * kTile * kPRow + 2 * kTile);
+}
+
+template <class K>
+void launch(K kernel, dim3 grid, std::size_t shared, cudaStream_t stream, auto... args) {
+  // Above 48 KiB a kernel must opt in to its dynamic shared memory, per device.
+  LN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(shared)));
+  kernel<<<grid, kThreads, shared, stream>>>(args...);
+  LN_CUDA_CHECK(cudaGetLastError());
+}
+
+// Calls f with the head dim tile (32, 64 or 128) that holds both head dims.
+template <class F>
+void with_head_tile(std::int64_t d, F f) {
+  if (d <= 32) return f(std::integral_constant<int, 32>{});
+  if (d <= 64) return f(std::integral_constant<int, 64>{});
+  return f(std::integral_constant<int, 128>{});
+}
+
+// Calls f with the device element type of dtype (f32 or bf16).
+template <class F>
+void with_element(DType dtype, F f) {
+  if (dtype == DType::bf16) return f(__nv_bfloat16{});
+  LN_CHECK(dtype == DType::f32, "dilated attention on cuda takes f32 or bf16, got ", name(dtype));
+  return f(float{});
+}
+
+}  // namespace
+
+void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const DilatedAttentionConfig& config, double scale,
+                               const Tensor& out, const Tensor& lse) {
+  DeviceGuard guard(q.device().index);
+  cudaStream_t stream = current_stream(q.device().index);
+  const Problem p = problem(q, k, v, config.causal, scale);
+  const std::int64_t batch = q.size(0);
+  const std::vector<Launch> launches = plan(config, p);
+  const bool merged = launches.size() > 1 && config.mode == DilatedMode::paper;
+  with_element(q.dtype(), [&](auto element) {
+    using T = decltype(element);
+    // Merging branches needs f32 partial outputs: out itself for f32, a scratch for bf16.
+    Tensor acc =
+        merged && q.dtype() != DType::f32 ? empty(out.shape(), {DType::f32, out.device()}) : out;
+    // Positions no branch selects keep out = 0 and lse = -inf.
+    zero(acc, stream);
+    fill_value(static_cast<float*>(lse.raw_data()), -kInf, lse.numel(), stream);
+    if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
+      with_head_tile(std::max(p.d, p.dv), [&](auto tile) {
+        constexpr int kD = decltype(tile)::value;
+        for (const Launch& l : launches) {
+          if (acc.dtype() == DType::f32) {
+            launch(forward_kernel<T, float, kD>, grid_of(l, batch), forward_shared_bytes(kD),
+                   stream, operand(q), operand(k), operand(v), static_cast<float*>(acc.raw_data()),
+                   static_cast<float*>(lse.raw_data()), p, l);
+          } else {
+            launch(forward_kernel<T, T, kD>, grid_of(l, batch), forward_shared_bytes(kD), stream,
+                   operand(q), operand(k), operand(v), static_cast<T*>(acc.raw_data()),
+                   static_cast<float*>(lse.raw_data()), p, l);
+          }
+        }
+      });
+    }
+    if (acc.raw_data() != out.raw_data()) convert<T>(out, acc, stream);
+  });
+}
+
+void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                const DilatedAttentionConfig& config, double scale,
+                                const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+  DeviceGuard guard(q.device().index);
+  cudaStream_t stream = current_stream(q.device().index);
+  const Problem p = problem(q, k, v, config.causal, scale);
+  const std::int64_t batch = q.size(0);
+  const std::vector<Launch> launches = plan(config, p);
+  with_element(q.dtype(), [&](auto element) {
+    using T = decltype(element);
+    // Gradients accumulate in f32: the outputs themselves for f32, scratch for bf16.
+    const bool direct = q.dtype() == DType::f32;
+    auto accumulator = [&](const Tensor& t) {
+      Tensor a = direct ? t : empty(t.shape(), {DType::f32, t.device()});
+      zero(a, stream);
+      return a;
+    };
+    Tensor dq_acc = accumulator(dq);
+    Tensor dk_acc = accumulator(dk);
+    Tensor dv_acc = accumulator(dv);
+    if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
+      Tensor dp = empty({batch, p.heads, p.nq}, {DType::f32, q.device()});
+      std::int64_t rows = batch * p.nq * p.heads;
+      dp_kernel<T>
+          <<<static_cast<unsigned>((rows * 32 + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+              operand(out), operand(dout), static_cast<float*>(dp.raw_data()), batch, p.nq, p.heads,
+              p.dv);
+      LN_CUDA_CHECK(cudaGetLastError());
+      // float4 atomics need 16-byte aligned rows.
+      bool vector_atomics =
+          p.d % 4 == 0 && reinterpret_cast<std::uintptr_t>(dq_acc.raw_data()) % 16 == 0;
+      with_head_tile(std::max(p.d, p.dv), [&](auto tile) {
+        constexpr int kD = decltype(tile)::value;
+        for (const Launch& l : launches) {
+          launch(backward_kernel<T, kD>, grid_of(l, batch), backward_shared_bytes(kD), stream,
+                 operand(q), operand(k), operand(v), operand(dout),
+                 static_cast<const float*>(lse.raw_data()),
+                 static_cast<const float*>(dp.raw_data()), static_cast<float*>(dq_acc.raw_data()),
+                 static_cast<float*>(dk_acc.raw_data()), static_cast<float*>(dv_acc.raw_data()), p,
+                 l, vector_atomics);
+        }
+      });
+    }
+    if (!direct) {
+      convert<T>(dq, dq_acc, stream);
+      convert<T>(dk, dk_acc, stream);
+      convert<T>(dv, dv_acc, stream);
+    }
+  });
+}
+
+}  // namespace longnet::cuda

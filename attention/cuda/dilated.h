@@ -1,0 +1,36 @@
+// Dilated attention on a CUDA device (DESIGN.md section 5, "Fused GPU kernel"), dense
+// attention being its one-branch case. Each branch is one flash-attention pass over the
+// compact rows of every segment: compact row t of a segment starting at t0 is position
+// t0 + j + t*r, read in place by index arithmetic (no gather copy). Scores live only in
+// registers and shared memory, so memory is O(N): the forward keeps out and lse per query
+// row, the backward recomputes the probabilities tile by tile from them.
+//
+// Paper mode runs the branches in turn, each merging its (out, lse) into the running pair,
+// which is the one softmax over the union of the branches' keys; grouped mode runs each
+// group's branch on its heads only. Inputs are validated by the caller
+// (attention/dilated.cpp); these functions write every element of their outputs.
+#pragma once
+
+#include "attention/dilated.h"
+
+namespace longnet::cuda {
+
+// The largest head dim (of q/k and of v) the kernels take.
+constexpr std::int64_t kMaxAttentionHeadDim = 128;
+
+// q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H, Dv): one CUDA device, one dtype (f32 or
+// bf16), any strides whose last is 1; D, Dv <= kMaxAttentionHeadDim. Fills out
+// (B, Nq, H, Dv), contiguous, q's dtype, and lse (B, H, Nq), contiguous f32 (-inf where no
+// branch selects the query). scale multiplies q.k.
+void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                               const DilatedAttentionConfig& config, double scale,
+                               const Tensor& out, const Tensor& lse);
+
+// From the forward's out and lse and the output gradient dout (q's dtype and shape of out,
+// last stride 1), fills dq, dk and dv: contiguous, the shapes and dtype of q, k and v.
+void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                const DilatedAttentionConfig& config, double scale,
+                                const Tensor& dq, const Tensor& dk, const Tensor& dv);
+
+}  // namespace longnet::cuda

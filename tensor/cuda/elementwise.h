@@ -1,0 +1,20 @@
+// Elementwise ops on a CUDA device. Arguments are validated by tensor/elementwise.cpp:
+// operands share one dtype (cond of where may have any) and one device, out has the
+// broadcast shape and any strides. Kernels are queued on the device's stream.
+#pragma once
+
+#include "tensor/elementwise.h"
+#include "tensor/tensor.h"
+
+namespace longnet::cuda {
+
+// out = op(x); x has out's shape.
+void unary(UnaryOp op, const Tensor& x, const Tensor& out);
+
+// out = op(a, b), a and b broadcasting to out's shape. out may be a or b.
+void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out);
+
+// out = cond != 0 ? a : b, all three broadcasting to out's shape.
+void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out);
+
+}  // namespace longnet::cuda

@@ -1,0 +1,364 @@
+// Dense and dilated attention on the GPU against the CPU implementation, the oracle: values,
+// lse and gradients on fresh random inputs, outputs poisoned first. f32 runs are compared
+// with the CPU computing in f64 from the same inputs, so the error measured is the GPU's
+// own (f32 accumulation and exponentials) and the DESIGN.md tolerance 1e-5 applies as is;
+// bf16 runs are compared with the CPU on the same bf16 inputs (both compute in f32 and
+// round their outputs to bf16), within 1e-2.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "attention/cuda/dilated.h"
+#include "attention/dilated.h"
+#include "attention/factory.h"
+#include "tensor/copy.h"
+#include "tensor/creation.h"
+#include "tensor/cuda/runtime.h"
+#include "tensor/view.h"
+#include "tests/error_of.h"
+#include "tests/gpu_check.h"
+
+namespace longnet {
+namespace {
+
+using testing::error_of;
+using testing::kGpu;
+using testing::poisoned;
+using testing::relative_error;
+using testing::tolerance_for;
+
+struct Dims {
+  std::int64_t batch, nq, nk, heads, d, dv;
+};
+
+struct Inputs {
+  Tensor q, k, v, dout;  // on the CPU
+};
+
+Inputs draw(const Dims& s, DType dtype, std::uint64_t seed) {
+  Generator gen(seed);
+  auto r = [&](Shape shape) { return to(randn(shape, gen, {DType::f32}), dtype); };
+  return {r({s.batch, s.nq, s.heads, s.d}), r({s.batch, s.nk, s.heads, s.d}),
+          r({s.batch, s.nk, s.heads, s.dv}), r({s.batch, s.nq, s.heads, s.dv})};
+}
+
+DType oracle_dtype(DType dtype) { return dtype == DType::f32 ? DType::f64 : dtype; }
+
+double scale_of(const DilatedAttentionConfig& c, std::int64_t d) {
+  return c.scale ? *c.scale : 1.0 / std::sqrt(static_cast<double>(d));
+}
+
+std::string describe_case(const Dims& s, const DilatedAttentionConfig& c, DType dtype) {
+  std::string w;
+  std::string r;
+  for (std::size_t i = 0; i < c.segment_lengths.size(); ++i) {
+    w += cat(i ? "," : "", c.segment_lengths[i]);
+    r += cat(i ? "," : "", c.dilation_rates[i]);
+  }
+  return cat(name(dtype), " B=", s.batch, " Nq=", s.nq, " Nk=", s.nk, " H=", s.heads, " D=", s.d,
+             " Dv=", s.dv, " w={", w, "} r={", r, "} ",
+             c.mode == DilatedMode::paper ? "paper" : "grouped", c.causal ? " causal" : "");
+}
+
+// Forward and backward through the cuda layer into poisoned outputs, against the CPU.
+void check_against_cpu(const Dims& s, const DilatedAttentionConfig& c, DType dtype,
+                       std::uint64_t seed) {
+  INFO(describe_case(s, c, dtype));
+  Inputs in = draw(s, dtype, seed);
+  DType od = oracle_dtype(dtype);
+  Tensor cq = to(in.q, od);
+  Tensor ck = to(in.k, od);
+  Tensor cv = to(in.v, od);
+  AttentionOutput want = dilated_attention_forward(cq, ck, cv, c);
+  AttentionGrads want_grads =
+      dilated_attention_backward(cq, ck, cv, want.out, want.lse, to(in.dout, od), c);
+
+  Tensor q = to(in.q, kGpu);
+  Tensor k = to(in.k, kGpu);
+  Tensor v = to(in.v, kGpu);
+  double scale = scale_of(c, s.d);
+  Tensor out = poisoned({s.batch, s.nq, s.heads, s.dv}, {dtype, kGpu});
+  Tensor lse = poisoned({s.batch, s.heads, s.nq}, {DType::f32, kGpu});
+  cuda::dilated_attention_forward(q, k, v, c, scale, out, lse);
+  double tol = tolerance_for(dtype);
+  CHECK(relative_error(out, want.out) < tol);
+  CHECK(relative_error(lse, want.lse) < tol);
+
+  Tensor dq = poisoned(q.shape(), {dtype, kGpu});
+  Tensor dk = poisoned(k.shape(), {dtype, kGpu});
+  Tensor dv = poisoned(v.shape(), {dtype, kGpu});
+  cuda::dilated_attention_backward(q, k, v, out, lse, to(in.dout, kGpu), c, scale, dq, dk, dv);
+  CHECK(relative_error(dq, want_grads.dq) < tol);
+  CHECK(relative_error(dk, want_grads.dk) < tol);
+  CHECK(relative_error(dv, want_grads.dv) < tol);
+}
+
+Dims self_attention(std::int64_t batch, std::int64_t n, std::int64_t heads, std::int64_t d) {
+  return {batch, n, n, heads, d, d};
+}
+
+// Visible (query, key) pairs over all heads, a key selected by two branches counted twice:
+// each costs 4 D flops in the forward (q.k and p v).
+double attention_pairs(const DilatedAttentionConfig& c, std::int64_t n, std::int64_t heads) {
+  auto m = static_cast<std::int64_t>(c.segment_lengths.size());
+  double pairs = 0;
+  for (std::int64_t h = 0; h < heads; ++h) {
+    std::int64_t group = -1;
+    if (c.mode == DilatedMode::grouped) {
+      for (std::int64_t g = 0, start = 0; g < m; ++g) {
+        std::int64_t size = heads / m + (g < heads % m ? 1 : 0);
+        if (h >= start && h < start + size) group = g;
+        start += size;
+      }
+    }
+    for (std::int64_t b = 0; b < m; ++b) {
+      if (group >= 0 && b != group) continue;
+      std::int64_t w = std::min(c.segment_lengths[b], n);
+      std::int64_t r = c.dilation_rates[b];
+      std::int64_t j = group >= 0 ? group % r : h % r;
+      for (std::int64_t t0 = 0; t0 < n; t0 += w) {
+        std::int64_t first = t0 + j;
+        std::int64_t end = std::min(t0 + w, n);
+        std::int64_t rows = first < end ? (end - first + r - 1) / r : 0;
+        pairs += c.causal ? rows * (rows + 1) / 2.0 : static_cast<double>(rows) * rows;
+      }
+    }
+  }
+  return pairs;
+}
+
+}  // namespace
+
+TEST_SUITE("gpu") {
+  TEST_CASE("dense attention on the gpu matches the cpu for head dims 32, 64 and 128") {
+    std::uint64_t seed = 100;
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      for (bool causal : {false, true}) {
+        for (std::int64_t d : {32, 64, 128}) {
+          Dims s = self_attention(2, 77, 3, d);
+          check_against_cpu(s, {{s.nq}, {1}, DilatedMode::paper, causal}, dtype, ++seed);
+        }
+        // Several query and key tiles per segment.
+        Dims s = self_attention(1, 203, 2, 64);
+        check_against_cpu(s, {{s.nq}, {1}, DilatedMode::paper, causal}, dtype, ++seed);
+      }
+    }
+  }
+
+  TEST_CASE("paper mode on the gpu matches the cpu: short last segments, rates beyond a segment") {
+    std::uint64_t seed = 200;
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      for (bool causal : {false, true}) {
+        // w=4 with r=6: heads with offset 4 or 5 select nothing in that branch.
+        check_against_cpu(self_attention(2, 67, 7, 32),
+                          {{4, 16, 40}, {6, 3, 2}, DilatedMode::paper, causal}, dtype, ++seed);
+        // Segments of several tiles; 333 is a multiple of no segment; w beyond N is one segment.
+        check_against_cpu(self_attention(1, 333, 4, 64),
+                          {{100, 200, 1000}, {1, 3, 2}, DilatedMode::paper, causal}, dtype, ++seed);
+        check_against_cpu(self_attention(1, 150, 3, 128),
+                          {{64, 150}, {2, 5}, DilatedMode::paper, causal, 0.3}, dtype, ++seed);
+      }
+    }
+  }
+
+  TEST_CASE("grouped mode on the gpu matches the cpu with uneven head groups") {
+    std::uint64_t seed = 300;
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      for (bool causal : {false, true}) {
+        // 7 heads in 3 groups of 3, 2, 2.
+        check_against_cpu(self_attention(2, 67, 7, 32),
+                          {{4, 16, 40}, {6, 3, 2}, DilatedMode::grouped, causal}, dtype, ++seed);
+        check_against_cpu(self_attention(1, 333, 5, 64),
+                          {{100, 200, 1000}, {1, 3, 2}, DilatedMode::grouped, causal}, dtype,
+                          ++seed);
+        // More groups than one launch carries (8): 10 heads in 9 groups.
+        check_against_cpu(self_attention(2, 70, 10, 32),
+                          {{8, 16, 16, 24, 32, 40, 48, 56, 70},
+                           {1, 2, 3, 1, 2, 3, 4, 5, 6},
+                           DilatedMode::grouped,
+                           causal},
+                          dtype, ++seed);
+        // More groups than heads: the last group is empty.
+        check_against_cpu(self_attention(1, 90, 2, 64),
+                          {{16, 32, 64}, {1, 2, 4}, DilatedMode::grouped, causal}, dtype, ++seed);
+      }
+    }
+  }
+
+  TEST_CASE("queries and keys of different lengths, and odd head dims, match the cpu") {
+    std::uint64_t seed = 400;
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      for (bool causal : {false, true}) {
+        check_against_cpu({2, 50, 90, 3, 32, 32}, {{32, 64}, {1, 2}, DilatedMode::paper, causal},
+                          dtype, ++seed);
+        check_against_cpu({1, 90, 50, 3, 32, 32}, {{32, 64}, {1, 2}, DilatedMode::paper, causal},
+                          dtype, ++seed);
+        // D and Dv differ and are no multiple of 16: the tiles pad them.
+        check_against_cpu({1, 70, 70, 2, 40, 24}, {{70}, {1}, DilatedMode::paper, causal}, dtype,
+                          ++seed);
+        check_against_cpu({1, 70, 70, 2, 100, 128},
+                          {{30, 70}, {1, 3}, DilatedMode::grouped, causal}, dtype, ++seed);
+      }
+    }
+  }
+
+  TEST_CASE("strided q, k and v are read in place") {
+    Generator gen(500);
+    DilatedAttentionConfig c{{16, 48}, {1, 3}, DilatedMode::paper, true};
+    // q as a transpose of (B, H, N, D); k and v as halves of a (B, N, H, 2D) tensor.
+    Tensor q_bhnd = randn({2, 3, 50, 32}, gen);
+    Tensor kv = randn({2, 50, 3, 64}, gen);
+    Tensor dout = randn({2, 50, 3, 32}, gen);
+    auto pieces = [](const Tensor& t) { return split(t, {32, 32}, 3); };
+    Tensor q_cpu = contiguous(transpose(q_bhnd, 1, 2));
+    auto kv_cpu = pieces(kv);
+    Tensor q64 = to(q_cpu, DType::f64);
+    Tensor k64 = to(contiguous(kv_cpu[0]), DType::f64);
+    Tensor v64 = to(contiguous(kv_cpu[1]), DType::f64);
+    AttentionOutput want = dilated_attention_forward(q64, k64, v64, c);
+    AttentionGrads want_grads =
+        dilated_attention_backward(q64, k64, v64, want.out, want.lse, to(dout, DType::f64), c);
+
+    Tensor q = transpose(to(q_bhnd, kGpu), 1, 2);
+    auto kv_gpu = pieces(to(kv, kGpu));
+    REQUIRE(!q.is_contiguous());
+    REQUIRE(!kv_gpu[0].is_contiguous());
+    AttentionOutput got = dilated_attention_forward(q, kv_gpu[0], kv_gpu[1], c);
+    CHECK(relative_error(got.out, want.out) < testing::kGpuF32);
+    CHECK(relative_error(got.lse, want.lse) < testing::kGpuF32);
+    AttentionGrads grads =
+        dilated_attention_backward(q, kv_gpu[0], kv_gpu[1], got.out, got.lse, to(dout, kGpu), c);
+    CHECK(relative_error(grads.dq, want_grads.dq) < testing::kGpuF32);
+    CHECK(relative_error(grads.dk, want_grads.dk) < testing::kGpuF32);
+    CHECK(relative_error(grads.dv, want_grads.dv) < testing::kGpuF32);
+  }
+
+  TEST_CASE("the public functions dispatch to the gpu and keep tensors there") {
+    Inputs in = draw(self_attention(1, 40, 2, 32), DType::bf16, 600);
+    DilatedAttentionConfig c{{16, 40}, {1, 2}, DilatedMode::grouped, true};
+    AttentionOutput got =
+        dilated_attention_forward(to(in.q, kGpu), to(in.k, kGpu), to(in.v, kGpu), c);
+    CHECK(got.out.device() == kGpu);
+    CHECK(got.out.dtype() == DType::bf16);
+    CHECK(got.lse.device() == kGpu);
+    CHECK(got.lse.dtype() == DType::f32);
+    AttentionOutput want = dilated_attention_forward(in.q, in.k, in.v, c);
+    CHECK(relative_error(got.out, want.out) < testing::kGpuBf16);
+    AttentionGrads grads = dilated_attention_backward(
+        to(in.q, kGpu), to(in.k, kGpu), to(in.v, kGpu), got.out, got.lse, to(in.dout, kGpu), c);
+    CHECK(grads.dk.device() == kGpu);
+    CHECK(grads.dk.dtype() == DType::bf16);
+    // f64 has no GPU kernel; the error says what to do.
+    Tensor q64 = to(to(in.q, DType::f64), kGpu);
+    CHECK(error_of([&] { dilated_attention_forward(q64, q64, q64, c); }).find("f32 or bf16") !=
+          std::string::npos);
+  }
+
+  TEST_CASE("on the gpu, changing future tokens never changes past outputs") {
+    Dims s = self_attention(1, 200, 4, 64);
+    for (DilatedMode mode : {DilatedMode::paper, DilatedMode::grouped}) {
+      DilatedAttentionConfig c{{32, 64, 128}, {1, 2, 4}, mode, true};
+      Inputs a = draw(s, DType::f32, 700);
+      Inputs b = draw(s, DType::f32, 701);
+      const std::int64_t p = 97;  // positions after p come from b
+      auto mix = [&](const Tensor& x, const Tensor& y) {
+        return concat({narrow(x, 1, 0, p + 1), narrow(y, 1, p + 1, s.nq - p - 1)}, 1);
+      };
+      AttentionOutput ra =
+          dilated_attention_forward(to(a.q, kGpu), to(a.k, kGpu), to(a.v, kGpu), c);
+      AttentionOutput rb = dilated_attention_forward(
+          to(mix(a.q, b.q), kGpu), to(mix(a.k, b.k), kGpu), to(mix(a.v, b.v), kGpu), c);
+      auto past = [&](const Tensor& t, std::int64_t dim) {
+        return to(narrow(to(t, Device::cpu()), dim, 0, p + 1), DType::f64).to_vector<double>();
+      };
+      CHECK(past(ra.out, 1) == past(rb.out, 1));
+      CHECK(past(ra.lse, 2) == past(rb.lse, 2));
+      CHECK(past(ra.out, 1) != std::vector<double>(past(ra.out, 1).size(), 0.0));
+    }
+  }
+
+  TEST_CASE("the factory builds gpu kernels for dense, dilated and auto") {
+    Inputs in = draw(self_attention(1, 45, 2, 32), DType::f32, 800);
+    Variable q(to(in.q, kGpu));
+    Variable k(to(in.k, kGpu));
+    Variable v(to(in.v, kGpu));
+    DilatedAttentionConfig d{{16, 32}, {1, 2}, DilatedMode::paper, true};
+    for (const AttentionConfig& config :
+         {AttentionConfig{DenseAttentionConfig{true}}, AttentionConfig{d},
+          AttentionConfig{AutoAttentionConfig{d}}}) {
+      auto gpu = make_attention(config, kGpu);
+      CHECK(gpu->describe().find("cuda") != std::string::npos);
+      Tensor got = gpu->forward(q, k, v).data();
+      CHECK(got.device() == kGpu);
+      Tensor want = make_attention(config)
+                        ->forward(Variable(to(in.q, DType::f64)), Variable(to(in.k, DType::f64)),
+                                  Variable(to(in.v, DType::f64)))
+                        .data();
+      CHECK(relative_error(got, want) < testing::kGpuF32);
+    }
+    CHECK(error_of([] {
+            make_attention(BlockSparseConfig{}, kGpu);
+          }).find("\"block_sparse\" has no implementation on cuda:0") != std::string::npos);
+  }
+}
+
+// Timings (not a check): run with --no-skip -ts=gpu_bench. B=1, N=32768, H=12, D=64, bf16,
+// causal, the LongNet branches w=2048..32768 with r=1,2,4,6,12, each branch alone and all
+// five in paper and grouped mode, and dense attention. TFLOP/s counts useful flops only:
+// 4 D per visible (query, key) pair forward, 2.5 times that backward.
+TEST_SUITE("gpu_bench") {
+  TEST_CASE("dilated and dense attention timings" * doctest::skip()) {
+    struct Case {
+      std::string name;
+      std::int64_t n;
+      DilatedAttentionConfig config;
+    };
+    const std::vector<std::int64_t> w = {2048, 4096, 8192, 16384, 32768};
+    const std::vector<std::int64_t> r = {1, 2, 4, 6, 12};
+    std::vector<Case> cases;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      cases.push_back(
+          {cat("branch w=", w[i], " r=", r[i]), 32768, {{w[i]}, {r[i]}, DilatedMode::paper, true}});
+    }
+    cases.push_back({"paper, 5 branches", 32768, {w, r, DilatedMode::paper, true}});
+    cases.push_back({"grouped, 5 branches", 32768, {w, r, DilatedMode::grouped, true}});
+    cases.push_back({"dense", 8192, {{8192}, {1}, DilatedMode::paper, true}});
+    cases.push_back({"dense", 32768, {{32768}, {1}, DilatedMode::paper, true}});
+    const std::int64_t heads = 12;
+    const std::int64_t d = 64;
+    std::printf("%-22s %7s %10s %9s %10s %9s\n", "case", "N", "fwd ms", "TFLOP/s", "f+b ms",
+                "TFLOP/s");
+    for (const Case& bc : cases) {
+      Inputs in = draw(self_attention(1, bc.n, heads, d), DType::bf16, 900);
+      Tensor q = to(in.q, kGpu);
+      Tensor k = to(in.k, kGpu);
+      Tensor v = to(in.v, kGpu);
+      Tensor dout = to(in.dout, kGpu);
+      auto forward = [&] { return dilated_attention_forward(q, k, v, bc.config); };
+      auto both = [&] {
+        AttentionOutput o = forward();
+        dilated_attention_backward(q, k, v, o.out, o.lse, dout, bc.config);
+      };
+      auto time_ms = [&](auto f, int reps) {
+        f();  // warm-up: first-use costs (allocator, shared memory opt-in)
+        cuda::Event start(0);
+        cuda::Event stop(0);
+        start.record();
+        for (int i = 0; i < reps; ++i) f();
+        stop.record();
+        return stop.elapsed_ms(start) / reps;
+      };
+      double fwd_ms = time_ms(forward, 5);
+      double both_ms = time_ms(both, 3);
+      double fwd_flops = 4.0 * d * attention_pairs(bc.config, bc.n, heads);
+      std::printf("%-22s %7lld %10.3f %9.2f %10.3f %9.2f\n", bc.name.c_str(),
+                  static_cast<long long>(bc.n), fwd_ms, fwd_flops / fwd_ms * 1e-9, both_ms,
+                  3.5 * fwd_flops / both_ms * 1e-9);
+    }
+  }
+}
+
+}  // namespace longnet
