@@ -2,11 +2,11 @@
 // attention as its one-branch special case.
 //
 // q (B, Nq, H, D), k and v (B, Nk, H, D) [v may have its own last dim Dv], one floating
-// dtype on the CPU; the output is (B, Nq, H, Dv). Segments of branch b cover positions
-// [s*w_b, min((s+1)*w_b, N)) of queries and keys alike; in a segment starting at t0, head h
-// selects t0 + j, t0 + j + r_b, ... with j = h mod r_b (paper mode) or j = g mod r_g for
-// every head of group g (grouped mode). A selected query attends to the selected keys of
-// its segment (and, if causal, only those at or before it).
+// dtype on one device (CPU: f32/f64/bf16; CUDA: f32/bf16, D <= 128); the output is (B, Nq, H, Dv).
+// Segments of branch b cover positions [s*w_b, min((s+1)*w_b, N)) of queries and keys alike; in a
+// segment starting at t0, head h selects t0 + j, t0 + j + r_b, ... with j = h mod r_b (paper mode)
+// or j = g mod r_g for every head of group g (grouped mode). A selected query attends to the
+// selected keys of its segment (and, if causal, only those at or before it).
 //
 // Paper mode: one softmax over the multiset union of all branches' key sets (a key
 // selected twice counts twice); a query no branch selects gets 0 and lse = -inf.

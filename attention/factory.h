@@ -4,7 +4,8 @@
 //   dilated       dilated attention, paper or grouped mode (attention/dilated.h);
 //   block_sparse  block-sparse attention with one of four patterns (attention/block_sparse.h);
 //   auto          the semantics of a dilated configuration, computed by the fastest correct
-//                 implementation for the device (on the CPU: the dilated kernel).
+//                 implementation for the device (the dilated kernel on the
+//                 CPU and, for now, on CUDA).
 #pragma once
 
 #include <memory>

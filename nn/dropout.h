@@ -11,8 +11,8 @@ namespace longnet {
 // (first + i / 4) is at least round(p * 2^32), first being the counters gen reserves
 // (ceil(numel / 4) of them), so a seed and offset fix the mask on every machine and thread
 // count. Backward recomputes the mask from (seed, first) instead of storing it.
-// !training or p == 0: x itself. p outside [0, 1) is an error. Floating x on the cpu,
-// contiguous or not; the result has x's shape and dtype.
+// !training or p == 0: x itself. p outside [0, 1) is an error. Floating x on the cpu or a
+// GPU (the same mask on both), contiguous or not; the result has x's shape and dtype.
 Variable dropout(const Variable& x, double p, Generator& gen, bool training);
 
 class Dropout final : public Cloneable<Dropout> {

@@ -6,7 +6,7 @@
 
 namespace longnet {
 
-// index: i64 or i32 on the cpu, any shape (0-d included); weight (num, dim)
+// index: i64 or i32 on weight's device (cpu or cuda), any shape (0-d included); weight (num, dim)
 // floating -> (index..., dim). An index outside [0, num) is an error naming the value.
 // The weight gradient is dense (num, dim); repeated indices accumulate.
 Variable embedding(const Tensor& index, const Variable& weight);

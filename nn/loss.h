@@ -7,7 +7,7 @@
 namespace longnet {
 
 // logits (..., V) floating, targets (...) i64 or i32 with logits' shape less its last dim,
-// both on the cpu. With lse_r = log sum_v exp(logits[r, v]) per row r,
+// both on one device (cpu or cuda). With lse_r = log sum_v exp(logits[r, v]) per row r,
 //   loss = sum_{r: targets[r] != ignore_index} (lse_r - logits[r, targets[r]]) / count,
 // count being the number of rows not ignored. A target outside [0, V) other than
 // ignore_index is an error naming the value and its row; chunk_rows must be positive.

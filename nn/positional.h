@@ -1,6 +1,6 @@
 // Rotary position embedding (RoPE) and XPOS, applied to queries and keys.
 //
-// x is (B, N, H, D) with D even, floating, on the cpu; the result has x's shape and dtype.
+// x is (B, N, H, D) with D even, floating, on the cpu or a GPU; the result has x's shape and dtype.
 // Row n of x sits at position pos = position_offset + n (position_offset >= 0, e.g. the
 // number of cached tokens when decoding). Pair i in [0, D/2) is (x[2i], x[2i+1]):
 //

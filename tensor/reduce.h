@@ -1,4 +1,5 @@
-// Reductions along dims. Floating sums accumulate in f64, integer sums in i64; the result
+// Reductions along dims. Floating sums accumulate in f64 on the CPU (f32 for
+// f32/bf16 on CUDA, tree-ordered and deterministic), integer sums in i64; the result
 // keeps the input's dtype. An empty dims list means every dim.
 #pragma once
 
