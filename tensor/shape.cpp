@@ -1,6 +1,7 @@
 #include "tensor/shape.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "tensor/error.h"
 
@@ -23,7 +24,11 @@ Strides contiguous_strides(const Shape& shape) {
   std::int64_t step = 1;
   for (auto d = static_cast<std::int64_t>(shape.size()) - 1; d >= 0; --d) {
     strides[d] = step;
-    step *= std::max<std::int64_t>(shape[d], 1);
+    // Saturates: only a shape with a zero-size dim (no element is ever addressed) or one that
+    // numel() refuses can get here with a product past 64 bits.
+    if (__builtin_mul_overflow(step, std::max<std::int64_t>(shape[d], 1), &step)) {
+      step = std::numeric_limits<std::int64_t>::max();
+    }
   }
   return strides;
 }
