@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/harness.h"
+#include "tensor/cuda/runtime.h"
 #include "train/trainer.h"
 
 namespace {
@@ -72,7 +73,8 @@ int main(int argc, char** argv) {
     nlohmann::json result = {
         {"bench", "train"},
         {"config", config_path},
-        {"device", config.train.device.is_cpu() ? bench::cpu_model() : "cuda"},
+        {"device", config.train.device.is_cpu() ? bench::cpu_model()
+                                                : cuda::device_name(config.train.device.index)},
         {"commit", bench::git_commit()},
         {"parameters", params},
         {"tokens_per_step", tokens / steps},
@@ -82,6 +84,10 @@ int main(int argc, char** argv) {
         {"tokens_per_s_overall", bench::round3(static_cast<double>(tokens) / total)},
         {"peak_rss_bytes", static_cast<std::int64_t>(usage.ru_maxrss) * 1024},
     };
+    if (config.train.device.is_cuda()) {
+      result["precision"] = name(config.train.precision);
+      result["peak_gpu_bytes"] = cuda::memory_stats(config.train.device.index).peak_bytes;
+    }
     std::cout << result.dump() << "\n";
     return 0;
   } catch (const ConfigError& e) {

@@ -17,12 +17,15 @@ void LongNetConfig::validate() const {
   attention_check.position = position;
   attention_check.validate();
   LN_CHECK(d_ff >= 1, "d_ff is ", d_ff, "; valid: integers >= 1");
+  LN_CHECK(!compute_dtype || is_floating(*compute_dtype), "compute_dtype is ", name(*compute_dtype),
+           "; valid: f32, f64, bf16");
 }
 
 namespace {
 
 LayerConfig layer_config(const LongNetConfig& c, double gamma, PositionEncoding position) {
-  return {c.d_model, c.d_ff, c.num_heads, c.attention, position, c.dropout, gamma, c.layernorm_eps};
+  return {c.d_model, c.d_ff, c.num_heads,     c.attention,    position,
+          c.dropout, gamma,  c.layernorm_eps, c.compute_dtype};
 }
 
 void check_tokens(const Tensor& tokens, const char* what) {
@@ -54,7 +57,7 @@ Variable LongNetLM::forward(const Tensor& tokens, Generator& gen) const {
   check_tokens(tokens, "LongNetLM tokens");
   Variable x = embed_tokens_->forward(tokens);
   for (const auto& layer : *layers_) x = layer->forward(x, Variable(), gen);
-  return output_projection_->forward(layer_norm_->forward(x));
+  return output_projection_->forward(in_dtype(layer_norm_->forward(x), config_.compute_dtype));
 }
 
 LongNet::LongNet(const LongNetConfig& config, Generator& gen, TensorOptions options)
@@ -93,10 +96,11 @@ Variable LongNet::forward(const Tensor& source, const Tensor& target, Generator&
   check_tokens(target, "LongNet target");
   Variable memory = encoder_embed_->forward(source);
   for (const auto& layer : *encoder_layers_) memory = layer->forward(memory, gen);
-  memory = encoder_layer_norm_->forward(memory);
+  memory = in_dtype(encoder_layer_norm_->forward(memory), config_.compute_dtype);
   Variable x = decoder_embed_->forward(target);
   for (const auto& layer : *decoder_layers_) x = layer->forward(x, memory, gen);
-  return output_projection_->forward(decoder_layer_norm_->forward(x));
+  return output_projection_->forward(
+      in_dtype(decoder_layer_norm_->forward(x), config_.compute_dtype));
 }
 
 }  // namespace longnet

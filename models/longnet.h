@@ -20,6 +20,9 @@ struct LongNetConfig {
   PositionEncoding position = PositionEncoding::rope;
   double dropout = 0;
   double layernorm_eps = 1e-5;
+  // Arithmetic dtype of the layers and the output head (LayerConfig::compute_dtype); unset:
+  // the parameters'. bf16 with f32 parameters is mixed precision; logits are then bf16.
+  std::optional<DType> compute_dtype;
 
   // The paper's LongNet: d 768, 12 heads, 12 + 12 layers, FFN 3072, w = 2048..32768,
   // r = 1, 2, 4, 6, 12.

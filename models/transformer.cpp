@@ -26,6 +26,12 @@ void LayerConfig::validate() const {
   LN_CHECK(d_ff >= 1, "d_ff is ", d_ff, "; valid: integers >= 1");
   LN_CHECK(dropout >= 0 && dropout < 1, "dropout is ", dropout, "; valid: [0, 1)");
   LN_CHECK(gamma > 0, "gamma is ", gamma, "; valid: > 0");
+  LN_CHECK(!compute_dtype || is_floating(*compute_dtype), "compute_dtype is ", name(*compute_dtype),
+           "; valid: f32, f64, bf16");
+}
+
+Variable in_dtype(const Variable& x, std::optional<DType> dtype) {
+  return dtype && *dtype != x.dtype() ? to(x, *dtype) : x;
 }
 
 AttentionConfig causal_version(AttentionConfig config) {
@@ -56,9 +62,10 @@ MultiheadAttentionConfig attention_config(const LayerConfig& c, AttentionConfig 
   return m;
 }
 
+// x + dropout(update), the update brought to the residual stream's dtype.
 Variable residual(const Variable& x, const Variable& update, double p, Generator& gen,
                   bool training) {
-  return add(x, dropout(update, p, gen, training));
+  return add(x, in_dtype(dropout(update, p, gen, training), x.dtype()));
 }
 
 }  // namespace
@@ -82,7 +89,7 @@ Variable FeedForward::forward(const Variable& x, Generator& gen) const {
 }
 
 EncoderLayer::EncoderLayer(const LayerConfig& c, Generator& gen, TensorOptions options)
-    : dropout_(c.dropout) {
+    : dropout_(c.dropout), compute_dtype_(c.compute_dtype) {
   c.validate();
   register_module("self_attn_layer_norm", &EncoderLayer::self_attn_layer_norm_,
                   std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
@@ -95,15 +102,15 @@ EncoderLayer::EncoderLayer(const LayerConfig& c, Generator& gen, TensorOptions o
 }
 
 Variable EncoderLayer::forward(const Variable& x, Generator& gen) const {
-  Variable h = self_attn_layer_norm_->forward(x);
+  Variable h = in_dtype(self_attn_layer_norm_->forward(x), compute_dtype_);
   Variable y = residual(x, self_attn_->forward(h, h, gen), dropout_, gen, is_training());
-  return residual(y, ffn_->forward(final_layer_norm_->forward(y), gen), dropout_, gen,
-                  is_training());
+  h = in_dtype(final_layer_norm_->forward(y), compute_dtype_);
+  return residual(y, ffn_->forward(h, gen), dropout_, gen, is_training());
 }
 
 DecoderLayer::DecoderLayer(const LayerConfig& c, bool cross_attention, Generator& gen,
                            TensorOptions options)
-    : dropout_(c.dropout) {
+    : dropout_(c.dropout), compute_dtype_(c.compute_dtype) {
   c.validate();
   register_module("self_attn_layer_norm", &DecoderLayer::self_attn_layer_norm_,
                   std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
@@ -126,16 +133,17 @@ DecoderLayer::DecoderLayer(const LayerConfig& c, bool cross_attention, Generator
 
 Variable DecoderLayer::forward(const Variable& x, const Variable& memory, Generator& gen,
                                std::int64_t position_offset) const {
-  Variable h = self_attn_layer_norm_->forward(x);
+  Variable h = in_dtype(self_attn_layer_norm_->forward(x), compute_dtype_);
   Variable y =
       residual(x, self_attn_->forward(h, h, gen, position_offset), dropout_, gen, is_training());
   if (encoder_attn_) {
     LN_CHECK(memory.defined(), "decoder layer with cross-attention needs the encoder output");
-    Variable c = encoder_attn_layer_norm_->forward(y);
-    y = residual(y, encoder_attn_->forward(c, memory, gen), dropout_, gen, is_training());
+    Variable c = in_dtype(encoder_attn_layer_norm_->forward(y), compute_dtype_);
+    y = residual(y, encoder_attn_->forward(c, in_dtype(memory, compute_dtype_), gen), dropout_, gen,
+                 is_training());
   }
-  return residual(y, ffn_->forward(final_layer_norm_->forward(y), gen), dropout_, gen,
-                  is_training());
+  h = in_dtype(final_layer_norm_->forward(y), compute_dtype_);
+  return residual(y, ffn_->forward(h, gen), dropout_, gen, is_training());
 }
 
 }  // namespace longnet

@@ -9,6 +9,8 @@
 //   ffn(x) = fc2(ffn_ln(drop(gelu(fc1(x)))))
 #pragma once
 
+#include <optional>
+
 #include "attention/multihead.h"
 #include "nn/dropout.h"
 
@@ -33,6 +35,10 @@ struct LayerConfig {
   double dropout = 0;
   double gamma = 1;
   double layernorm_eps = 1e-5;
+  // The dtype of the sublayers' arithmetic; unset: the parameters' dtype. bf16 beside f32
+  // parameters is mixed precision: each sublayer's input is rounded to bf16 after its
+  // LayerNorm, its output comes back to the residual stream, which stays in f32.
+  std::optional<DType> compute_dtype;
 
   void validate() const;  // positive sizes, dropout in [0, 1), and the attention's checks
 };
@@ -57,6 +63,7 @@ class EncoderLayer final : public Cloneable<EncoderLayer> {
 
  private:
   double dropout_;
+  std::optional<DType> compute_dtype_;
   std::shared_ptr<LayerNorm> self_attn_layer_norm_;
   std::shared_ptr<MultiheadDilatedAttention> self_attn_;
   std::shared_ptr<LayerNorm> final_layer_norm_;
@@ -75,6 +82,7 @@ class DecoderLayer final : public Cloneable<DecoderLayer> {
 
  private:
   double dropout_;
+  std::optional<DType> compute_dtype_;
   std::shared_ptr<LayerNorm> self_attn_layer_norm_;
   std::shared_ptr<MultiheadDilatedAttention> self_attn_;
   std::shared_ptr<LayerNorm> encoder_attn_layer_norm_;
@@ -82,6 +90,9 @@ class DecoderLayer final : public Cloneable<DecoderLayer> {
   std::shared_ptr<LayerNorm> final_layer_norm_;
   std::shared_ptr<FeedForward> ffn_;
 };
+
+// x in dtype, or x itself when dtype is unset or already x's (autograd casts back).
+Variable in_dtype(const Variable& x, std::optional<DType> dtype);
 
 // The same attention configuration with causal masking switched on.
 AttentionConfig causal_version(AttentionConfig config);

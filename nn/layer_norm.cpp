@@ -28,8 +28,26 @@ void check_affine(const Variable& p, const Tensor& x, std::int64_t dim, const ch
   if (!p.defined()) return;
   LN_CHECK(p.shape() == Shape{dim}, "layer_norm: ", what, " ", describe(p.data()),
            " must have shape [", dim, "] for input ", describe(x));
-  check_same_dtype(x, p.data(), "layer_norm");
+  // Mixed precision keeps the parameters in f32 beside bf16 inputs.
+  LN_CHECK(p.dtype() == x.dtype() || (p.dtype() == DType::f32 && x.dtype() == DType::bf16),
+           "layer_norm: ", what, " ", describe(p.data()), " must have the dtype of input ",
+           describe(x), " (or f32 beside a bf16 input)");
   check_same_device(x, p.data(), "layer_norm");
+}
+
+// Calls f with the element type W of the affine parameters, of dtype affine: T, or float
+// beside bf16 inputs.
+template <class T, class F>
+void with_affine_type(DType affine, F&& f) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (affine == DType::f32) return f(TypeTag<float>{});
+  }
+  f(TypeTag<T>{});
+}
+
+DType affine_dtype(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (weight.defined()) return weight.dtype();
+  return bias.defined() ? bias.dtype() : x.dtype();
 }
 
 template <class T>
@@ -44,39 +62,42 @@ void forward_cpu(const Tensor& xc, const Tensor& wc, const Tensor& bc, double ep
   std::int64_t rows = xc.numel() / dim;
   dispatch_floating(xc.dtype(), "layer_norm", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = Compute<T>;
-    const T* px = xc.data<T>();
-    const T* pw = data_or_null<T>(wc);
-    const T* pb = data_or_null<T>(bc);
-    T* py = y.data<T>();
-    C* pm = mean.data<C>();
-    C* pr = rstd.data<C>();
-    auto n = static_cast<double>(dim);
+    with_affine_type<T>(affine_dtype(xc, wc, bc), [&](auto wtag) {
+      using W = typename decltype(wtag)::type;
+      using C = Compute<T>;
+      const T* px = xc.data<T>();
+      const W* pw = data_or_null<W>(wc);
+      const W* pb = data_or_null<W>(bc);
+      T* py = y.data<T>();
+      C* pm = mean.data<C>();
+      C* pr = rstd.data<C>();
+      auto n = static_cast<double>(dim);
 #pragma omp parallel for schedule(static) if (rows * dim >= cpu::kParallelGrain && rows > 1)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const T* xr = px + r * dim;
-      // Two passes in f64: the mean first, then the variance around it, which does not
-      // cancel the way E[x^2] - E[x]^2 does.
-      double total = 0;
-      for (std::int64_t j = 0; j < dim; ++j) total += static_cast<C>(xr[j]);
-      double mu = total / n;
-      double squares = 0;
-      for (std::int64_t j = 0; j < dim; ++j) {
-        double d = static_cast<C>(xr[j]) - mu;
-        squares += d * d;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const T* xr = px + r * dim;
+        // Two passes in f64: the mean first, then the variance around it, which does not
+        // cancel the way E[x^2] - E[x]^2 does.
+        double total = 0;
+        for (std::int64_t j = 0; j < dim; ++j) total += static_cast<C>(xr[j]);
+        double mu = total / n;
+        double squares = 0;
+        for (std::int64_t j = 0; j < dim; ++j) {
+          double d = static_cast<C>(xr[j]) - mu;
+          squares += d * d;
+        }
+        auto m = static_cast<C>(mu);
+        auto rs = static_cast<C>(1.0 / std::sqrt(squares / n + eps));
+        T* yr = py + r * dim;
+        for (std::int64_t j = 0; j < dim; ++j) {
+          C h = (static_cast<C>(xr[j]) - m) * rs;
+          if (pw != nullptr) h *= static_cast<C>(pw[j]);
+          if (pb != nullptr) h += static_cast<C>(pb[j]);
+          yr[j] = static_cast<T>(h);
+        }
+        pm[r] = m;
+        pr[r] = rs;
       }
-      auto m = static_cast<C>(mu);
-      auto rs = static_cast<C>(1.0 / std::sqrt(squares / n + eps));
-      T* yr = py + r * dim;
-      for (std::int64_t j = 0; j < dim; ++j) {
-        C h = (static_cast<C>(xr[j]) - m) * rs;
-        if (pw != nullptr) h *= static_cast<C>(pw[j]);
-        if (pb != nullptr) h += static_cast<C>(pb[j]);
-        yr[j] = static_cast<T>(h);
-      }
-      pm[r] = m;
-      pr[r] = rs;
-    }
+    });
   });
 }
 
@@ -97,62 +118,65 @@ void backward_cpu(const Tensor& gc, const Tensor& xc, const Tensor& wc, const Te
 
   dispatch_floating(xc.dtype(), "layer_norm backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = Compute<T>;
-    const T* px = xc.data<T>();
-    const T* pg = gc.data<T>();
-    const T* pw = data_or_null<T>(wc);
-    const C* pm = mean.data<C>();
-    const C* pr = rstd.data<C>();
-    T* pdx = need_x ? dx.data<T>() : nullptr;
-    auto n = static_cast<double>(dim);
+    with_affine_type<T>(affine_dtype(xc, wc, dw.defined() ? dw : db), [&](auto wtag) {
+      using W = typename decltype(wtag)::type;
+      using C = Compute<T>;
+      const T* px = xc.data<T>();
+      const T* pg = gc.data<T>();
+      const W* pw = data_or_null<W>(wc);
+      const C* pm = mean.data<C>();
+      const C* pr = rstd.data<C>();
+      T* pdx = need_x ? dx.data<T>() : nullptr;
+      auto n = static_cast<double>(dim);
 #pragma omp parallel for schedule(static) if (rows * dim >= cpu::kParallelGrain && blocks > 1)
-    for (std::int64_t blk = 0; blk < blocks; ++blk) {
-      double* acc_w = need_w ? partial_w.data() + blk * dim : nullptr;
-      double* acc_b = need_b ? partial_b.data() + blk * dim : nullptr;
-      std::int64_t end = std::min(rows, (blk + 1) * block_rows);
-      for (std::int64_t r = blk * block_rows; r < end; ++r) {
-        const T* xr = px + r * dim;
-        const T* gr = pg + r * dim;
-        C m = pm[r];
-        C rs = pr[r];
-        auto xhat = [&](std::int64_t j) { return (static_cast<C>(xr[j]) - m) * rs; };
-        auto gy = [&](std::int64_t j) {
-          C gj = static_cast<C>(gr[j]);
-          return pw != nullptr ? gj * static_cast<C>(pw[j]) : gj;
-        };
-        if (pdx != nullptr) {
-          double sum_gy = 0;
-          double sum_gy_xhat = 0;
-          for (std::int64_t j = 0; j < dim; ++j) {
-            C v = gy(j);
-            sum_gy += v;
-            sum_gy_xhat += v * xhat(j);
+      for (std::int64_t blk = 0; blk < blocks; ++blk) {
+        double* acc_w = need_w ? partial_w.data() + blk * dim : nullptr;
+        double* acc_b = need_b ? partial_b.data() + blk * dim : nullptr;
+        std::int64_t end = std::min(rows, (blk + 1) * block_rows);
+        for (std::int64_t r = blk * block_rows; r < end; ++r) {
+          const T* xr = px + r * dim;
+          const T* gr = pg + r * dim;
+          C m = pm[r];
+          C rs = pr[r];
+          auto xhat = [&](std::int64_t j) { return (static_cast<C>(xr[j]) - m) * rs; };
+          auto gy = [&](std::int64_t j) {
+            C gj = static_cast<C>(gr[j]);
+            return pw != nullptr ? gj * static_cast<C>(pw[j]) : gj;
+          };
+          if (pdx != nullptr) {
+            double sum_gy = 0;
+            double sum_gy_xhat = 0;
+            for (std::int64_t j = 0; j < dim; ++j) {
+              C v = gy(j);
+              sum_gy += v;
+              sum_gy_xhat += v * xhat(j);
+            }
+            auto a = static_cast<C>(sum_gy / n);
+            auto b = static_cast<C>(sum_gy_xhat / n);
+            T* dxr = pdx + r * dim;
+            for (std::int64_t j = 0; j < dim; ++j) {
+              dxr[j] = static_cast<T>(rs * (gy(j) - a - xhat(j) * b));
+            }
           }
-          auto a = static_cast<C>(sum_gy / n);
-          auto b = static_cast<C>(sum_gy_xhat / n);
-          T* dxr = pdx + r * dim;
-          for (std::int64_t j = 0; j < dim; ++j) {
-            dxr[j] = static_cast<T>(rs * (gy(j) - a - xhat(j) * b));
+          for (std::int64_t j = 0; acc_w != nullptr && j < dim; ++j) {
+            acc_w[j] += static_cast<double>(static_cast<C>(gr[j]) * xhat(j));
           }
-        }
-        for (std::int64_t j = 0; acc_w != nullptr && j < dim; ++j) {
-          acc_w[j] += static_cast<double>(static_cast<C>(gr[j]) * xhat(j));
-        }
-        for (std::int64_t j = 0; acc_b != nullptr && j < dim; ++j) {
-          acc_b[j] += static_cast<C>(gr[j]);
+          for (std::int64_t j = 0; acc_b != nullptr && j < dim; ++j) {
+            acc_b[j] += static_cast<C>(gr[j]);
+          }
         }
       }
-    }
-    auto reduce = [&](const std::vector<double>& partial, const Tensor& out) {
-      T* po = out.data<T>();
-      for (std::int64_t j = 0; j < dim; ++j) {
-        double total = 0;
-        for (std::int64_t blk = 0; blk < blocks; ++blk) total += partial[blk * dim + j];
-        po[j] = static_cast<T>(static_cast<C>(total));
-      }
-    };
-    if (need_w) reduce(partial_w, dw);
-    if (need_b) reduce(partial_b, db);
+      auto reduce = [&](const std::vector<double>& partial, const Tensor& out) {
+        W* po = out.data<W>();
+        for (std::int64_t j = 0; j < dim; ++j) {
+          double total = 0;
+          for (std::int64_t blk = 0; blk < blocks; ++blk) total += partial[blk * dim + j];
+          po[j] = static_cast<W>(static_cast<Compute<W>>(total));
+        }
+      };
+      if (need_w) reduce(partial_w, dw);
+      if (need_b) reduce(partial_b, db);
+    });
   });
 }
 
@@ -166,6 +190,9 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
   std::int64_t dim = xd.size(-1);
   check_affine(weight, xd, dim, "weight");
   check_affine(bias, xd, dim, "bias");
+  LN_CHECK(!weight.defined() || !bias.defined() || weight.dtype() == bias.dtype(),
+           "layer_norm: weight ", describe(weight.data()), " and bias ", describe(bias.data()),
+           " must have one dtype");
 
   Tensor xc = contiguous(xd);
   Tensor wc = weight.defined() ? contiguous(weight.data()) : Tensor();
@@ -190,8 +217,8 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
       y, {x, weight, bias}, "layer_norm", [=](const Tensor& g) -> std::vector<Tensor> {
         Tensor gc = contiguous(g);
         Tensor dx = need_x ? empty(xc.shape(), {xc.dtype(), device}) : Tensor();
-        Tensor dw = need_w ? empty({dim}, {xc.dtype(), device}) : Tensor();
-        Tensor db = need_b ? empty({dim}, {xc.dtype(), device}) : Tensor();
+        Tensor dw = need_w ? empty({dim}, {wc.dtype(), device}) : Tensor();
+        Tensor db = need_b ? empty({dim}, {bc.dtype(), device}) : Tensor();
         std::int64_t blocks = std::min(kMaxBlocks, (rows + kMinBlockRows - 1) / kMinBlockRows);
         if (device.is_cuda()) {
           cuda::layer_norm_backward(gc, xc, wc, mean, rstd, blocks, dx, dw, db);

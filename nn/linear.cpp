@@ -35,6 +35,12 @@ Linear::Linear(std::int64_t in_features, std::int64_t out_features, Generator& g
 Variable Linear::forward(const Variable& x) const {
   LN_CHECK(x.dim() >= 1 && x.size(-1) == in_features(), "Linear(", in_features(), " -> ",
            out_features(), "): input ", describe(x.data()), " needs last dim ", in_features());
+  if (x.dtype() == DType::bf16 && weight_.dtype() == DType::f32) {
+    // Mixed precision: the f32 parameters are rounded to bf16 for this product; their
+    // gradients come back through the cast as f32.
+    return linear(x, to(weight_, DType::bf16),
+                  bias_.defined() ? to(bias_, DType::bf16) : Variable());
+  }
   return linear(x, weight_, bias_);
 }
 

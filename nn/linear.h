@@ -17,7 +17,8 @@ class Linear final : public Cloneable<Linear> {
   Linear(std::int64_t in_features, std::int64_t out_features, Generator& gen, bool bias = true,
          TensorOptions options = {});
 
-  // x (..., in_features) -> (..., out_features); another last dim is an error.
+  // x (..., in_features) -> (..., out_features); another last dim is an error. A bf16 x with
+  // f32 parameters (mixed precision) multiplies by the parameters rounded to bf16.
   Variable forward(const Variable& x) const;
 
   const Variable& weight() const { return weight_; }

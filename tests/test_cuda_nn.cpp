@@ -63,16 +63,21 @@ TEST_SUITE("gpu") {
     Generator gen(101);
     // 20000 rows exercise the full 256 row blocks of the weight and bias sums.
     for (Shape shape : {Shape{3, 37, 96}, Shape{20000, 64}, Shape{5, 1000}}) {
-      for (DType dtype : {DType::f32, DType::bf16}) {
+      // bf16 with f32 parameters is mixed precision.
+      for (auto [dtype, param_dtype] :
+           {std::pair{DType::f32, DType::f32}, std::pair{DType::bf16, DType::bf16},
+            std::pair{DType::bf16, DType::f32}}) {
         for (bool affine : {true, false}) {
+          if (!affine && param_dtype != dtype) continue;
           CAPTURE(str(shape));
           CAPTURE(name(dtype));
+          CAPTURE(name(param_dtype));
           CAPTURE(affine);
           std::int64_t dim = shape.back();
           Tensor x = random_tensor(shape, gen, dtype, 2.0);
           Tensor dy = random_tensor(shape, gen, dtype);
-          Tensor w = random_tensor({dim}, gen, dtype);
-          Tensor b = random_tensor({dim}, gen, dtype);
+          Tensor w = random_tensor({dim}, gen, param_dtype);
+          Tensor b = random_tensor({dim}, gen, param_dtype);
           double tol = tolerance_for(dtype);
 
           Variable xc(x, true);
@@ -92,8 +97,9 @@ TEST_SUITE("gpu") {
           check_close(yg.data(), yc.data(), tol, "y");
           check_close(xg.grad(), xc.grad(), tol, "dx");
           if (affine) {
-            check_close(wg.grad(), wc.grad(), tol, "dweight");
-            check_close(bg.grad(), bc.grad(), tol, "dbias");
+            CHECK(wg.grad().dtype() == param_dtype);
+            check_close(wg.grad(), wc.grad(), tolerance_for(param_dtype), "dweight");
+            check_close(bg.grad(), bc.grad(), tolerance_for(param_dtype), "dbias");
           }
         }
       }

@@ -446,6 +446,35 @@ TEST_SUITE("nn") {
                    "Linear(3 -> 2): input f32[2, 4] cpu needs last dim 3"));
   }
 
+  TEST_CASE("Linear rounds f32 parameters to bf16 for a bf16 input; gradients come back f32") {
+    Generator gen(13);
+    Linear lin(24, 10, gen);
+    fill_(lin.bias().data(), 0.125);
+    Tensor x = to(randn({4, 3, 24}, gen), DType::bf16);
+    Tensor g = to(randn({4, 3, 10}, gen), DType::bf16);
+    Variable xv(x, true);
+    Variable y = lin.forward(xv);
+    CHECK(y.dtype() == DType::bf16);
+    y.backward(g);
+    REQUIRE(lin.weight().grad().dtype() == DType::f32);
+    REQUIRE(lin.bias().grad().dtype() == DType::f32);
+    CHECK(xv.grad().dtype() == DType::bf16);
+
+    // Oracle: f64 on the bf16-rounded weight, bias, input and gradient.
+    Variable x64(to(x, DType::f64), true);
+    Variable w64(to(to(lin.weight().data(), DType::bf16), DType::f64), true);
+    Variable b64(to(to(lin.bias().data(), DType::bf16), DType::f64), true);
+    Variable y64 = linear(x64, w64, b64);
+    y64.backward(to(g, DType::f64));
+    auto rel = [](const Tensor& got, const Tensor& want) {
+      return max_diff(got, want) / max_diff(want, zeros(want.shape(), {DType::f64}));
+    };
+    CHECK(rel(y.data(), y64.data()) < 1e-2);
+    CHECK(rel(xv.grad(), x64.grad()) < 1e-2);
+    CHECK(rel(lin.weight().grad(), w64.grad()) < 1e-2);
+    CHECK(rel(lin.bias().grad(), b64.grad()) < 1e-2);
+  }
+
   TEST_CASE("linear gradcheck: input, weight and bias") {
     Generator gen(12);
     check_gradcheck([](const auto& v) { return linear(v[0], v[1], v[2]); },
@@ -537,6 +566,51 @@ TEST_SUITE("nn") {
                               Variable(to(b.data(), DType::bf16)));
     CHECK(y16.dtype() == DType::bf16);
     CHECK(max_diff(y16.data(), from_data(yv, {rows, dim})) < 0.1);
+  }
+
+  TEST_CASE("layer_norm with f32 parameters beside a bf16 input (mixed precision)") {
+    Generator gen(23);
+    const std::int64_t rows = 300;
+    const std::int64_t dim = 48;
+    // The oracle is f64 arithmetic on the same bf16-rounded input and gradient and the same
+    // f32 parameters: what is left is the kernel's f32 arithmetic and bf16 outputs.
+    Tensor x = to(add(mul(randn64({rows, dim}, gen), 2.0), 0.5), DType::bf16);
+    Tensor g = to(randn64({rows, dim}, gen), DType::bf16);
+    Tensor w = to(add(randn64({dim}, gen), 1.0), DType::f32);
+    Tensor b = to(randn64({dim}, gen), DType::f32);
+    Variable xv(x, true);
+    Variable wv(w, true);
+    Variable bv(b, true);
+    Variable y = layer_norm(xv, wv, bv);
+    y.backward(g);
+    CHECK(y.dtype() == DType::bf16);
+    REQUIRE(wv.grad().dtype() == DType::f32);
+    REQUIRE(bv.grad().dtype() == DType::f32);
+    CHECK(xv.grad().dtype() == DType::bf16);
+
+    Variable x64(to(x, DType::f64), true);
+    Variable w64(to(w, DType::f64), true);
+    Variable b64(to(b, DType::f64), true);
+    Variable y64 = layer_norm(x64, w64, b64);
+    y64.backward(to(g, DType::f64));
+    auto rel = [](const Tensor& got, const Tensor& want) {
+      return max_diff(got, want) / max_diff(want, zeros(want.shape(), {DType::f64}));
+    };
+    CHECK(rel(y.data(), y64.data()) < 1e-2);
+    CHECK(rel(xv.grad(), x64.grad()) < 1e-2);
+    // The parameter gradients stay in f32: far tighter than a bf16 rounding.
+    CHECK(rel(wv.grad(), w64.grad()) < 1e-5);
+    CHECK(rel(bv.grad(), b64.grad()) < 1e-5);
+
+    // Only f32 parameters may sit beside bf16; weight and bias share a dtype.
+    CHECK(contains(error_of([&] {
+                     layer_norm(Variable(to(x, DType::f32)), wv, Variable(to(b, DType::bf16)));
+                   }),
+                   "layer_norm: bias bf16[48] cpu must have the dtype of input"));
+    CHECK(contains(error_of([&] { layer_norm(xv, Variable(to(w, DType::f64)), Variable()); }),
+                   "layer_norm: weight f64[48] cpu must have the dtype of input"));
+    CHECK(contains(error_of([&] { layer_norm(xv, wv, Variable(to(b, DType::bf16))); }),
+                   "must have one dtype"));
   }
 
   TEST_CASE("LayerNorm matches PyTorch: output and all gradients") {

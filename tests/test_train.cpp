@@ -199,6 +199,7 @@ TEST_SUITE("train") {
         {{{"train", {{"steps", 0}}}}, {"steps", ">= 1"}},
         {{{"train", {{"steps", 5}}}}, {"warmup_steps", "is 5 but train.steps is 5"}},
         {{{"train", {{"device", "tpu"}}}}, {"device", "cpu, cuda"}},
+        {{{"train", {{"precision", "f16"}}}}, {"precision", "f32, bf16"}},
         {{{"train", {{"out_dir", dir.file("not-a-dir")}}}}, {"train.out_dir", "not a directory"}},
         {{{"train", {{"out_dir", dir.file("not-a-dir") + "/run"}}}},
          {"train.out_dir", "cannot be created"}},
@@ -281,6 +282,22 @@ TEST_SUITE("train") {
       CHECK(a.grad_norm == b.grad_norm);
     }
     CHECK(original.evaluate().val_loss == resumed.evaluate().val_loss);
+  }
+
+  TEST_CASE("bf16 mixed precision trains: the loss falls and the weights stay f32") {
+    TempDir dir;
+    json j = merged(toy_config(dir), {{"train", {{"precision", "bf16"}, {"steps", 20}}}});
+    TrainConfig config = parse_train_config(j, "config.json");
+    CHECK(to_json(config)["train"]["precision"] == "bf16");
+    Trainer trainer(config, load_training_data(config));
+    double first = trainer.evaluate().val_loss;
+    for (int i = 0; i < 20; ++i) CHECK_FALSE(trainer.step().skipped);
+    double last = trainer.evaluate().val_loss;
+    CHECK(last < first - 0.5);
+    for (const auto& p : trainer.model().parameters()) CHECK(p.dtype() == DType::f32);
+    // The checkpoint holds the f32 master weights.
+    Checkpoint c = trainer.checkpoint();
+    for (const auto& [name, value] : c.model) CHECK(value.dtype() == DType::f32);
   }
 
   TEST_CASE("only the newest keep_ckpts checkpoints stay; partial ones are removed") {
@@ -480,6 +497,70 @@ TEST_SUITE("train") {
     data.val.tokens = {0, 1};
     double expected = -(std::log2(4.0 / 6) + std::log2(2.0 / 6)) / 2;
     CHECK(unigram_bits(data, 2) == doctest::Approx(expected).epsilon(1e-12));
+  }
+}
+
+// A run moves between devices through its checkpoint, and the GPU trains in f32 and bf16
+// like the CPU (the same data, dropout masks and initial weights on both).
+TEST_SUITE("gpu") {
+  // Steps on one trainer and another restored from its checkpoint: the losses agree to the
+  // devices' arithmetic differences.
+  void check_continues(Trainer & original, Trainer & resumed, const std::string& out, double tol) {
+    fs::create_directories(out);
+    resumed.restore(load_checkpoint(save_checkpoint(out, original.checkpoint(), 2)));
+    for (int i = 0; i < 3; ++i) {
+      StepStats a = original.step();
+      StepStats b = resumed.step();
+      CHECK(a.step == b.step);
+      CHECK(b.loss == doctest::Approx(a.loss).epsilon(tol));
+      CHECK(b.grad_norm == doctest::Approx(a.grad_norm).epsilon(tol));
+    }
+    CHECK(resumed.evaluate().val_loss ==
+          doctest::Approx(original.evaluate().val_loss).epsilon(tol));
+  }
+
+  TEST_CASE("a checkpoint written on the GPU resumes on the CPU, and the other way round") {
+    TempDir dir;
+    json cpu_json = toy_config(dir);
+    json gpu_json = merged(cpu_json, {{"train", {{"device", "cuda"}}}});
+    TrainConfig cpu = parse_train_config(cpu_json, "cpu.json");
+    TrainConfig gpu = parse_train_config(gpu_json, "gpu.json");
+    {
+      Trainer on_gpu(gpu, load_training_data(gpu));
+      for (int i = 0; i < 3; ++i) on_gpu.step();
+      Trainer on_cpu(cpu, load_training_data(cpu));
+      check_continues(on_gpu, on_cpu, dir.file("from-gpu"), 1e-4);
+    }
+    {
+      Trainer on_cpu(cpu, load_training_data(cpu));
+      for (int i = 0; i < 3; ++i) on_cpu.step();
+      Trainer on_gpu(gpu, load_training_data(gpu));
+      check_continues(on_cpu, on_gpu, dir.file("from-cpu"), 1e-4);
+    }
+  }
+
+  TEST_CASE("training on the GPU follows the CPU step for step, in f32 and in bf16") {
+    TempDir dir;
+    for (const char* precision : {"f32", "bf16"}) {
+      CAPTURE(precision);
+      json cpu_json = merged(toy_config(dir), {{"train", {{"precision", precision}}}});
+      json gpu_json = merged(cpu_json, {{"train", {{"device", "cuda"}}}});
+      TrainConfig cpu = parse_train_config(cpu_json, "cpu.json");
+      TrainConfig gpu = parse_train_config(gpu_json, "gpu.json");
+      Trainer on_cpu(cpu, load_training_data(cpu));
+      Trainer on_gpu(gpu, load_training_data(gpu));
+      double tol = std::string(precision) == "f32" ? 1e-4 : 3e-2;
+      for (int i = 0; i < 5; ++i) {
+        StepStats a = on_cpu.step();
+        StepStats b = on_gpu.step();
+        CHECK(b.loss == doctest::Approx(a.loss).epsilon(tol));
+        CHECK(b.grad_norm == doctest::Approx(a.grad_norm).epsilon(tol));
+      }
+      for (const auto& p : on_gpu.model().parameters()) {
+        CHECK(p.dtype() == DType::f32);
+        CHECK(p.device().is_cuda());
+      }
+    }
   }
 }
 

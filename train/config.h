@@ -50,6 +50,9 @@ struct RunConfig {
   std::int64_t ckpt_every = 100;  // 0: only at the end
   std::int64_t keep_ckpts = 3;
   Device device = Device::cpu();
+  // f32, or bf16: mixed precision (bf16 matmuls and attention, f32 weights, optimizer
+  // state, residual stream and loss).
+  DType precision = DType::f32;
   std::int64_t grad_accum = 1;
   std::int64_t log_every = 10;
   // Consecutive steps with a NaN or Inf loss or gradient after which the run stops.

@@ -15,6 +15,7 @@
 #include "autograd/ops.h"
 #include "nn/loss.h"
 #include "tensor/copy.h"
+#include "tensor/cuda/runtime.h"
 #include "tensor/view.h"
 #include "train/file_io.h"
 
@@ -139,6 +140,7 @@ Trainer::Trainer(TrainConfig config, CorpusSplit data)
       data_(std::move(data)),
       dropout_gen_(config_.train.seed ^ kDropoutSalt) {
   Generator init(config_.train.seed);
+  if (config_.train.precision != DType::f32) config_.model.compute_dtype = config_.train.precision;
   model_ = std::make_shared<LongNetLM>(config_.model, init,
                                        TensorOptions{DType::f32, config_.train.device});
   optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), config_.optim.adamw);
@@ -323,6 +325,10 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log) {
                    {"grad_norm", s.grad_norm},
                    {"tokens_per_s", static_cast<double>(s.tokens) / s.seconds},
                    {"peak_rss_mb", peak_rss_mb()}};
+    if (t.device.is_cuda()) {
+      record["peak_gpu_mb"] = static_cast<double>(cuda::memory_stats(t.device.index).peak_bytes) /
+                              static_cast<double>(1 << 20);
+    }
     if (s.skipped) record["skipped"] = true;
     metrics.write(record);
     bool last = s.step == t.steps;

@@ -11,8 +11,8 @@ constexpr int kColumnThreads = 256;
 
 // One warp per row. The statistics follow the cpu: two passes in f64 (the mean, then the
 // squares around it, which do not cancel the way E[x^2] - E[x]^2 does), rounded once to C.
-template <class T>
-__global__ void forward_kernel(const T* x, const T* weight, const T* bias, double eps, T* y,
+template <class T, class W>
+__global__ void forward_kernel(const T* x, const W* weight, const W* bias, double eps, T* y,
                                acc_t<T>* mean, acc_t<T>* rstd, std::int64_t rows,
                                std::int64_t dim) {
   using C = acc_t<T>;
@@ -47,8 +47,8 @@ __global__ void forward_kernel(const T* x, const T* weight, const T* bias, doubl
 
 // dx, one warp per row: dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)), the two means
 // accumulated in f64 and rounded to C as on the cpu.
-template <class T>
-__global__ void input_grad_kernel(const T* g, const T* x, const T* weight, const acc_t<T>* mean,
+template <class T, class W>
+__global__ void input_grad_kernel(const T* g, const T* x, const W* weight, const acc_t<T>* mean,
                                   const acc_t<T>* rstd, T* dx, std::int64_t rows,
                                   std::int64_t dim) {
   using C = acc_t<T>;
@@ -122,6 +122,21 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? device_ptr<const T>(t) : nullptr;
 }
 
+// Calls f with the element type W of the affine parameters, of dtype affine: T, or float
+// beside bf16 inputs (mixed precision keeps LayerNorm parameters in f32).
+template <class T, class F>
+void with_affine_type(DType affine, F&& f) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (affine == DType::f32) return f(TypeTag<float>{});
+  }
+  f(TypeTag<T>{});
+}
+
+DType affine_dtype(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (weight.defined()) return weight.dtype();
+  return bias.defined() ? bias.dtype() : x.dtype();
+}
+
 }  // namespace
 
 void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
@@ -134,9 +149,12 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
     auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-    forward_kernel<T><<<blocks, kRowThreads, 0, stream_for(x.device())>>>(
-        device_ptr<const T>(x), ptr_or_null<T>(weight), ptr_or_null<T>(bias), eps, device_ptr<T>(y),
-        device_ptr<C>(mean), device_ptr<C>(rstd), rows, dim);
+    with_affine_type<T>(affine_dtype(x, weight, bias), [&](auto wtag) {
+      using W = typename decltype(wtag)::type;
+      forward_kernel<T, W><<<blocks, kRowThreads, 0, stream_for(x.device())>>>(
+          device_ptr<const T>(x), ptr_or_null<W>(weight), ptr_or_null<W>(bias), eps,
+          device_ptr<T>(y), device_ptr<C>(mean), device_ptr<C>(rstd), rows, dim);
+    });
     LN_CUDA_CHECK(cudaGetLastError());
   });
 }
@@ -148,41 +166,46 @@ void layer_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight,
   std::int64_t rows = x.numel() / dim;
   DeviceGuard guard(x.device().index);
   cudaStream_t stream = stream_for(x.device());
+  DType affine = affine_dtype(x, weight, dweight.defined() ? dweight : dbias);
   dispatch_device_floating(x.dtype(), "layer_norm backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
-    if (dx.defined() && rows > 0) {
-      auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-      input_grad_kernel<T><<<blocks, kRowThreads, 0, stream>>>(
-          device_ptr<const T>(g), device_ptr<const T>(x), ptr_or_null<T>(weight),
-          device_ptr<const C>(mean), device_ptr<const C>(rstd), device_ptr<T>(dx), rows, dim);
+    with_affine_type<T>(affine, [&](auto wtag) {
+      using W = typename decltype(wtag)::type;
+      if (dx.defined() && rows > 0) {
+        auto blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+        input_grad_kernel<T, W><<<blocks, kRowThreads, 0, stream>>>(
+            device_ptr<const T>(g), device_ptr<const T>(x), ptr_or_null<W>(weight),
+            device_ptr<const C>(mean), device_ptr<const C>(rstd), device_ptr<T>(dx), rows, dim);
+        LN_CUDA_CHECK(cudaGetLastError());
+      }
+      if (!dweight.defined() && !dbias.defined()) return;
+      // With no rows the sums are 0: one block of no rows writes the zero partials.
+      std::int64_t blocks = row_blocks > 0 ? row_blocks : 1;
+      std::int64_t block_rows = rows > 0 ? (rows + blocks - 1) / blocks : 0;
+      Tensor partial_w =
+          dweight.defined() ? empty({blocks, dim}, {DType::f64, x.device()}) : Tensor();
+      Tensor partial_b =
+          dbias.defined() ? empty({blocks, dim}, {DType::f64, x.device()}) : Tensor();
+      double* pw = partial_w.defined() ? device_ptr<double>(partial_w) : nullptr;
+      double* pb = partial_b.defined() ? device_ptr<double>(partial_b) : nullptr;
+      auto column_blocks = static_cast<unsigned>((dim + kColumnThreads - 1) / kColumnThreads);
+      affine_partial_kernel<T>
+          <<<dim3(column_blocks, static_cast<unsigned>(blocks)), kColumnThreads, 0, stream>>>(
+              device_ptr<const T>(g), device_ptr<const T>(x), device_ptr<const C>(mean),
+              device_ptr<const C>(rstd), pw, pb, rows, dim, block_rows);
       LN_CUDA_CHECK(cudaGetLastError());
-    }
-    if (!dweight.defined() && !dbias.defined()) return;
-    // With no rows the sums are 0: one block of no rows writes the zero partials.
-    std::int64_t blocks = row_blocks > 0 ? row_blocks : 1;
-    std::int64_t block_rows = rows > 0 ? (rows + blocks - 1) / blocks : 0;
-    Tensor partial_w =
-        dweight.defined() ? empty({blocks, dim}, {DType::f64, x.device()}) : Tensor();
-    Tensor partial_b = dbias.defined() ? empty({blocks, dim}, {DType::f64, x.device()}) : Tensor();
-    double* pw = partial_w.defined() ? device_ptr<double>(partial_w) : nullptr;
-    double* pb = partial_b.defined() ? device_ptr<double>(partial_b) : nullptr;
-    auto column_blocks = static_cast<unsigned>((dim + kColumnThreads - 1) / kColumnThreads);
-    affine_partial_kernel<T>
-        <<<dim3(column_blocks, static_cast<unsigned>(blocks)), kColumnThreads, 0, stream>>>(
-            device_ptr<const T>(g), device_ptr<const T>(x), device_ptr<const C>(mean),
-            device_ptr<const C>(rstd), pw, pb, rows, dim, block_rows);
-    LN_CUDA_CHECK(cudaGetLastError());
-    if (pw != nullptr) {
-      sum_blocks_kernel<T>
-          <<<column_blocks, kColumnThreads, 0, stream>>>(pw, device_ptr<T>(dweight), blocks, dim);
-      LN_CUDA_CHECK(cudaGetLastError());
-    }
-    if (pb != nullptr) {
-      sum_blocks_kernel<T>
-          <<<column_blocks, kColumnThreads, 0, stream>>>(pb, device_ptr<T>(dbias), blocks, dim);
-      LN_CUDA_CHECK(cudaGetLastError());
-    }
+      if (pw != nullptr) {
+        sum_blocks_kernel<W>
+            <<<column_blocks, kColumnThreads, 0, stream>>>(pw, device_ptr<W>(dweight), blocks, dim);
+        LN_CUDA_CHECK(cudaGetLastError());
+      }
+      if (pb != nullptr) {
+        sum_blocks_kernel<W>
+            <<<column_blocks, kColumnThreads, 0, stream>>>(pb, device_ptr<W>(dbias), blocks, dim);
+        LN_CUDA_CHECK(cudaGetLastError());
+      }
+    });
   });
 }
 

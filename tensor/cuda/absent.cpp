@@ -24,6 +24,7 @@ namespace longnet::cuda {
 
 bool built_with_cuda() { return false; }
 int device_count() { return 0; }
+std::string device_name(int) { no_cuda(); }
 void* allocate(std::size_t, int) { no_cuda(); }
 void release(void*, int) noexcept {}
 void copy_bytes(void*, Device, const void*, Device, std::size_t) { no_cuda(); }

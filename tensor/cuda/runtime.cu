@@ -43,6 +43,12 @@ int device_count() {
   return count;
 }
 
+std::string device_name(int device) {
+  cudaDeviceProp prop{};
+  LN_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
 DeviceGuard::DeviceGuard(int device) {
   LN_CUDA_CHECK(cudaGetDevice(&previous_));
   if (previous_ != device) {

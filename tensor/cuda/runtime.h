@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "tensor/device.h"
 #include "tensor/dtype.h"
@@ -24,6 +25,9 @@ bool built_with_cuda();
 // Number of usable devices: 0 without a driver, without a device, or without CUDA in
 // the build. Never throws.
 int device_count();
+
+// The device's product name, e.g. "NVIDIA H200".
+std::string device_name(int device);
 
 // Device memory from the per-device caching allocator. A released block goes back to the
 // allocator's free list, not to the driver, and a later allocate() of a similar size
