@@ -76,17 +76,22 @@ Variable make_result(Tensor out, std::vector<Variable> inputs, const char* op,
                      std::function<std::vector<Tensor>(const Tensor&)> backward);
 
 // Gradient recording is on by default, per thread. While a NoGradGuard lives, ops record
-// nothing (evaluation, sampling, optimizer updates).
+// nothing (evaluation, sampling, optimizer updates); a GradModeGuard sets recording on or
+// off for its lifetime (activation recomputation records inside a backward pass).
 bool grad_enabled();
-class NoGradGuard {
+class GradModeGuard {
  public:
-  NoGradGuard();
-  ~NoGradGuard();
-  NoGradGuard(const NoGradGuard&) = delete;
-  NoGradGuard& operator=(const NoGradGuard&) = delete;
+  explicit GradModeGuard(bool enabled);
+  ~GradModeGuard();
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
 
  private:
   bool previous_;
+};
+class NoGradGuard : public GradModeGuard {
+ public:
+  NoGradGuard() : GradModeGuard(false) {}
 };
 
 }  // namespace longnet

@@ -1,5 +1,7 @@
 #include "models/longnet.h"
 
+#include "autograd/checkpoint.h"
+
 namespace longnet {
 
 LongNetConfig LongNetConfig::paper() { return {}; }
@@ -56,7 +58,16 @@ LongNetLM::LongNetLM(const LongNetConfig& config, Generator& gen, TensorOptions 
 Variable LongNetLM::forward(const Tensor& tokens, Generator& gen) const {
   check_tokens(tokens, "LongNetLM tokens");
   Variable x = embed_tokens_->forward(tokens);
-  for (const auto& layer : *layers_) x = layer->forward(x, Variable(), gen);
+  for (const auto& layer : *layers_) {
+    if (config_.recompute) {
+      auto run = [layer](const Variable& input, Generator& g) {
+        return layer->forward(input, Variable(), g);
+      };
+      x = checkpoint(run, x, gen, layer->parameters());
+    } else {
+      x = layer->forward(x, Variable(), gen);
+    }
+  }
   return output_projection_->forward(in_dtype(layer_norm_->forward(x), config_.compute_dtype));
 }
 

@@ -23,6 +23,9 @@ struct LongNetConfig {
   // Arithmetic dtype of the layers and the output head (LayerConfig::compute_dtype); unset:
   // the parameters'. bf16 with f32 parameters is mixed precision; logits are then bf16.
   std::optional<DType> compute_dtype;
+  // LongNetLM: keep only each decoder layer's input for backward and compute the layer
+  // again there (autograd/checkpoint.h): activation memory of one layer instead of all.
+  bool recompute = false;
 
   // The paper's LongNet: d 768, 12 heads, 12 + 12 layers, FFN 3072, w = 2048..32768,
   // r = 1, 2, 4, 6, 12.

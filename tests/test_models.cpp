@@ -203,6 +203,35 @@ TEST_SUITE("models") {
     }
   }
 
+  TEST_CASE("LongNetLM with recomputation gives the same loss and gradients, dropout included") {
+    LongNetConfig c = tiny_config();
+    c.dropout = 0.2;
+    Generator init(41);
+    LongNetLM plain(c, init);
+    c.recompute = true;
+    LongNetLM recomputed(c, init);
+    recomputed.load_state_dict(plain.state_dict());
+    Generator data(42);
+    Tensor tokens = randint(0, c.vocab_size, {2, 17}, data);
+    Tensor inputs = narrow(tokens, 1, 0, 16);
+    Tensor targets = contiguous(narrow(tokens, 1, 1, 16));
+    Generator gen_a(43);
+    Generator gen_b(43);
+    Variable want = cross_entropy(plain.forward(inputs, gen_a), targets);
+    want.backward();
+    Variable got = cross_entropy(recomputed.forward(inputs, gen_b), targets);
+    got.backward();
+    CHECK(got.data().item() == want.data().item());
+    auto a = plain.named_parameters();
+    auto b = recomputed.named_parameters();
+    REQUIRE(a.size() == b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(a[i].first);
+      REQUIRE(b[i].second.grad().defined());
+      CHECK(b[i].second.grad().to_vector<float>() == a[i].second.grad().to_vector<float>());
+    }
+  }
+
   TEST_CASE("LongNetLM trains forward and backward at 16K tokens on the cpu") {
     Generator gen(5);
     LongNetConfig c;

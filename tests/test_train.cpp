@@ -300,6 +300,22 @@ TEST_SUITE("train") {
     for (const auto& [name, value] : c.model) CHECK(value.dtype() == DType::f32);
   }
 
+  TEST_CASE("recomputation trains exactly as keeping the activations does") {
+    TempDir dir;
+    TrainConfig plain = parse_train_config(toy_config(dir), "config.json");
+    TrainConfig recompute =
+        parse_train_config(merged(toy_config(dir), {{"train", {{"recompute", true}}}}), "r.json");
+    CHECK(to_json(recompute)["train"]["recompute"] == true);
+    Trainer a(plain, load_training_data(plain));
+    Trainer b(recompute, load_training_data(recompute));
+    for (int i = 0; i < 3; ++i) {
+      StepStats sa = a.step();
+      StepStats sb = b.step();
+      CHECK(sb.loss == sa.loss);
+      CHECK(sb.grad_norm == sa.grad_norm);
+    }
+  }
+
   TEST_CASE("only the newest keep_ckpts checkpoints stay; partial ones are removed") {
     TempDir dir;
     TrainConfig config = parse_train_config(toy_config(dir), "config.json");

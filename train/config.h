@@ -53,6 +53,9 @@ struct RunConfig {
   // f32, or bf16: mixed precision (bf16 matmuls and attention, f32 weights, optimizer
   // state, residual stream and loss).
   DType precision = DType::f32;
+  // Recompute each layer in backward instead of keeping its activations (less memory, about
+  // a third more compute).
+  bool recompute = false;
   std::int64_t grad_accum = 1;
   std::int64_t log_every = 10;
   // Consecutive steps with a NaN or Inf loss or gradient after which the run stops.
