@@ -26,8 +26,18 @@ void LongNetConfig::validate() const {
 namespace {
 
 LayerConfig layer_config(const LongNetConfig& c, double gamma, PositionEncoding position) {
-  return {c.d_model, c.d_ff, c.num_heads,     c.attention,    position,
-          c.dropout, gamma,  c.layernorm_eps, c.compute_dtype};
+  LayerConfig l;
+  l.d_model = c.d_model;
+  l.d_ff = c.d_ff;
+  l.num_heads = c.num_heads;
+  l.attention = c.attention;
+  l.position = position;
+  l.dropout = c.dropout;
+  l.gamma = gamma;
+  l.layernorm_eps = c.layernorm_eps;
+  l.compute_dtype = c.compute_dtype;
+  l.ffn_chunk = c.ffn_chunk;
+  return l;
 }
 
 void check_tokens(const Tensor& tokens, const char* what) {

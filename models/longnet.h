@@ -26,6 +26,7 @@ struct LongNetConfig {
   // LongNetLM: keep only each decoder layer's input for backward and compute the layer
   // again there (autograd/checkpoint.h): activation memory of one layer instead of all.
   bool recompute = false;
+  std::int64_t ffn_chunk = 0;  // LayerConfig::ffn_chunk
 
   // The paper's LongNet: d 768, 12 heads, 12 + 12 layers, FFN 3072, w = 2048..32768,
   // r = 1, 2, 4, 6, 12.

@@ -1,5 +1,9 @@
 #include "models/transformer.h"
 
+#include <algorithm>
+
+#include "autograd/checkpoint.h"
+
 #include <cmath>
 
 #include "autograd/ops.h"
@@ -26,6 +30,7 @@ void LayerConfig::validate() const {
   LN_CHECK(d_ff >= 1, "d_ff is ", d_ff, "; valid: integers >= 1");
   LN_CHECK(dropout >= 0 && dropout < 1, "dropout is ", dropout, "; valid: [0, 1)");
   LN_CHECK(gamma > 0, "gamma is ", gamma, "; valid: > 0");
+  LN_CHECK(ffn_chunk >= 0, "ffn_chunk is ", ffn_chunk, "; valid: integers >= 0 (0: off)");
   LN_CHECK(!compute_dtype || is_floating(*compute_dtype), "compute_dtype is ", name(*compute_dtype),
            "; valid: f32, f64, bf16");
 }
@@ -68,6 +73,20 @@ Variable residual(const Variable& x, const Variable& update, double p, Generator
   return add(x, in_dtype(dropout(update, p, gen, training), x.dtype()));
 }
 
+// ffn(h) over sequence chunks of at most chunk positions, each a checkpoint; chunk 0: whole.
+Variable feed_forward(const std::shared_ptr<FeedForward>& ffn, const Variable& h,
+                      std::int64_t chunk, Generator& gen) {
+  if (chunk == 0) return ffn->forward(h, gen);
+  auto run = [ffn](const Variable& x, Generator& g) { return ffn->forward(x, g); };
+  std::vector<Variable> params = ffn->parameters();
+  std::vector<Variable> parts;
+  std::int64_t n = h.size(1);
+  for (std::int64_t start = 0; start < n; start += chunk) {
+    parts.push_back(checkpoint(run, narrow(h, 1, start, std::min(chunk, n - start)), gen, params));
+  }
+  return parts.size() == 1 ? parts[0] : concat(parts, 1);
+}
+
 }  // namespace
 
 FeedForward::FeedForward(const LayerConfig& c, Generator& gen, TensorOptions options)
@@ -89,7 +108,7 @@ Variable FeedForward::forward(const Variable& x, Generator& gen) const {
 }
 
 EncoderLayer::EncoderLayer(const LayerConfig& c, Generator& gen, TensorOptions options)
-    : dropout_(c.dropout), compute_dtype_(c.compute_dtype) {
+    : dropout_(c.dropout), compute_dtype_(c.compute_dtype), ffn_chunk_(c.ffn_chunk) {
   c.validate();
   register_module("self_attn_layer_norm", &EncoderLayer::self_attn_layer_norm_,
                   std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
@@ -105,12 +124,12 @@ Variable EncoderLayer::forward(const Variable& x, Generator& gen) const {
   Variable h = in_dtype(self_attn_layer_norm_->forward(x), compute_dtype_);
   Variable y = residual(x, self_attn_->forward(h, h, gen), dropout_, gen, is_training());
   h = in_dtype(final_layer_norm_->forward(y), compute_dtype_);
-  return residual(y, ffn_->forward(h, gen), dropout_, gen, is_training());
+  return residual(y, feed_forward(ffn_, h, ffn_chunk_, gen), dropout_, gen, is_training());
 }
 
 DecoderLayer::DecoderLayer(const LayerConfig& c, bool cross_attention, Generator& gen,
                            TensorOptions options)
-    : dropout_(c.dropout), compute_dtype_(c.compute_dtype) {
+    : dropout_(c.dropout), compute_dtype_(c.compute_dtype), ffn_chunk_(c.ffn_chunk) {
   c.validate();
   register_module("self_attn_layer_norm", &DecoderLayer::self_attn_layer_norm_,
                   std::make_shared<LayerNorm>(c.d_model, c.layernorm_eps, true, options));
@@ -143,7 +162,7 @@ Variable DecoderLayer::forward(const Variable& x, const Variable& memory, Genera
                  is_training());
   }
   h = in_dtype(final_layer_norm_->forward(y), compute_dtype_);
-  return residual(y, ffn_->forward(h, gen), dropout_, gen, is_training());
+  return residual(y, feed_forward(ffn_, h, ffn_chunk_, gen), dropout_, gen, is_training());
 }
 
 }  // namespace longnet

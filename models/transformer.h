@@ -39,6 +39,10 @@ struct LayerConfig {
   // parameters is mixed precision: each sublayer's input is rounded to bf16 after its
   // LayerNorm, its output comes back to the residual stream, which stays in f32.
   std::optional<DType> compute_dtype;
+  // When > 0, the feed-forward block runs over sequence chunks of at most this many
+  // positions, each recomputed in backward from its input (autograd/checkpoint.h): its
+  // activations then take one chunk's memory. Position-wise, so only dropout draws differ.
+  std::int64_t ffn_chunk = 0;
 
   void validate() const;  // positive sizes, dropout in [0, 1), and the attention's checks
 };
@@ -64,6 +68,7 @@ class EncoderLayer final : public Cloneable<EncoderLayer> {
  private:
   double dropout_;
   std::optional<DType> compute_dtype_;
+  std::int64_t ffn_chunk_;
   std::shared_ptr<LayerNorm> self_attn_layer_norm_;
   std::shared_ptr<MultiheadDilatedAttention> self_attn_;
   std::shared_ptr<LayerNorm> final_layer_norm_;
@@ -83,6 +88,7 @@ class DecoderLayer final : public Cloneable<DecoderLayer> {
  private:
   double dropout_;
   std::optional<DType> compute_dtype_;
+  std::int64_t ffn_chunk_;
   std::shared_ptr<LayerNorm> self_attn_layer_norm_;
   std::shared_ptr<MultiheadDilatedAttention> self_attn_;
   std::shared_ptr<LayerNorm> encoder_attn_layer_norm_;

@@ -3,7 +3,9 @@
 // with the CPU computing in f64 from the same inputs, so the error measured is the GPU's
 // own (f32 accumulation and exponentials) and the DESIGN.md tolerance 1e-5 applies as is;
 // bf16 runs are compared with the CPU on the same bf16 inputs (both compute in f32 and
-// round their outputs to bf16), within 1e-2.
+// round their outputs to bf16), within 1e-2. bf16 with D == Dv in {32, 64, 128} and aligned
+// rows runs on tensor cores, everything else (f32, other head dims, misaligned views) on CUDA
+// cores, so the cases below cover both paths.
 #include <doctest/doctest.h>
 
 #include <chrono>
@@ -63,10 +65,44 @@ std::string describe_case(const Dims& s, const DilatedAttentionConfig& c, DType 
              c.mode == DilatedMode::paper ? "paper" : "grouped", c.causal ? " causal" : "");
 }
 
+// How the GPU inputs lie in memory. bf16 with D == Dv in {32, 64, 128} runs on tensor cores
+// when every row is 16-byte aligned (contiguous, strided) and on CUDA cores otherwise
+// (misaligned).
+enum class Layout { contiguous, strided, misaligned };
+
+// t (B, N, H, D) on the GPU in the given layout. strided: q (transposed) as a view of a
+// (B, H, N, D) tensor, the others inside rows of D + 8 elements from element 8; misaligned:
+// inside rows of D + 3 elements from element 1. The spare elements are NaN.
+Tensor place(const Tensor& t, Layout layout, bool transposed) {
+  Tensor g = to(t, kGpu);
+  if (layout == Layout::contiguous) return g;
+  if (layout == Layout::strided && transposed) {
+    return transpose(contiguous(transpose(g, 1, 2)), 1, 2);
+  }
+  const bool aligned = layout == Layout::strided;
+  Tensor wide =
+      poisoned({t.size(0), t.size(1), t.size(2), t.size(3) + (aligned ? 8 : 3)}, {t.dtype(), kGpu});
+  Tensor view = narrow(wide, 3, aligned ? 8 : 1, t.size(3));
+  copy_(view, g);
+  return view;
+}
+
+const char* name(Layout layout) {
+  switch (layout) {
+    case Layout::contiguous:
+      return "contiguous";
+    case Layout::strided:
+      return "strided";
+    case Layout::misaligned:
+      return "misaligned";
+  }
+  return "";
+}
+
 // Forward and backward through the cuda layer into poisoned outputs, against the CPU.
 void check_against_cpu(const Dims& s, const DilatedAttentionConfig& c, DType dtype,
-                       std::uint64_t seed) {
-  INFO(describe_case(s, c, dtype));
+                       std::uint64_t seed, Layout layout = Layout::contiguous) {
+  INFO(describe_case(s, c, dtype), " ", name(layout));
   Inputs in = draw(s, dtype, seed);
   DType od = oracle_dtype(dtype);
   Tensor cq = to(in.q, od);
@@ -76,9 +112,9 @@ void check_against_cpu(const Dims& s, const DilatedAttentionConfig& c, DType dty
   AttentionGrads want_grads =
       dilated_attention_backward(cq, ck, cv, want.out, want.lse, to(in.dout, od), c);
 
-  Tensor q = to(in.q, kGpu);
-  Tensor k = to(in.k, kGpu);
-  Tensor v = to(in.v, kGpu);
+  Tensor q = place(in.q, layout, true);
+  Tensor k = place(in.k, layout, false);
+  Tensor v = place(in.v, layout, false);
   double scale = scale_of(c, s.d);
   Tensor out = poisoned({s.batch, s.nq, s.heads, s.dv}, {dtype, kGpu});
   Tensor lse = poisoned({s.batch, s.heads, s.nq}, {DType::f32, kGpu});
@@ -90,7 +126,8 @@ void check_against_cpu(const Dims& s, const DilatedAttentionConfig& c, DType dty
   Tensor dq = poisoned(q.shape(), {dtype, kGpu});
   Tensor dk = poisoned(k.shape(), {dtype, kGpu});
   Tensor dv = poisoned(v.shape(), {dtype, kGpu});
-  cuda::dilated_attention_backward(q, k, v, out, lse, to(in.dout, kGpu), c, scale, dq, dk, dv);
+  cuda::dilated_attention_backward(q, k, v, out, lse, place(in.dout, layout, false), c, scale, dq,
+                                   dk, dv);
   CHECK(relative_error(dq, want_grads.dq) < tol);
   CHECK(relative_error(dk, want_grads.dk) < tol);
   CHECK(relative_error(dv, want_grads.dv) < tol);
@@ -205,6 +242,92 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE(
+      "bf16 on tensor cores matches the cpu: head dims 32, 64 and 128, tiles cut by segments") {
+    std::uint64_t seed = 450;
+    for (std::int64_t d : {32, 64, 128}) {
+      for (bool causal : {false, true}) {
+        // Several 128-row query and 64-key tiles, the last ones partial.
+        Dims dense = self_attention(1, 301, 2, d);
+        check_against_cpu(dense, {{301}, {1}, DilatedMode::paper, causal}, DType::bf16, ++seed);
+        // Segments of 200 (no multiple of a tile), a short last one, rates with several
+        // offsets, a segment beyond N.
+        check_against_cpu(self_attention(1, 517, 3, d),
+                          {{200, 517, 1024}, {1, 2, 5}, DilatedMode::paper, causal, 0.2},
+                          DType::bf16, ++seed);
+        // 5 heads in groups of 2, 2 and 1, offsets 0, 1, 2.
+        check_against_cpu(self_attention(2, 390, 5, d),
+                          {{130, 260, 390}, {1, 2, 4}, DilatedMode::grouped, causal}, DType::bf16,
+                          ++seed);
+        check_against_cpu({1, 260, 190, 2, d, d}, {{128, 260}, {1, 2}, DilatedMode::paper, causal},
+                          DType::bf16, ++seed);
+        check_against_cpu({1, 190, 260, 2, d, d}, {{128, 260}, {1, 2}, DilatedMode::paper, causal},
+                          DType::bf16, ++seed);
+      }
+    }
+  }
+
+  TEST_CASE("bf16 views are read in place, aligned ones on tensor cores, misaligned ones not") {
+    std::uint64_t seed = 480;
+    for (Layout layout : {Layout::strided, Layout::misaligned}) {
+      for (bool causal : {false, true}) {
+        check_against_cpu(self_attention(2, 150, 3, 64),
+                          {{64, 150}, {1, 2}, DilatedMode::paper, causal}, DType::bf16, ++seed,
+                          layout);
+        check_against_cpu(self_attention(1, 150, 3, 32),
+                          {{48, 150}, {2, 3}, DilatedMode::grouped, causal}, DType::bf16, ++seed,
+                          layout);
+      }
+    }
+  }
+
+  TEST_CASE("which layouts take the tensor cores") {
+    Inputs in = draw(self_attention(1, 40, 3, 64), DType::bf16, 470);
+    auto on_tc = [](const Tensor& q, const Tensor& k, const Tensor& v) {
+      return cuda::dilated_attention_on_tensor_cores(q, k, v);
+    };
+    Tensor q = place(in.q, Layout::contiguous, false);
+    Tensor k = place(in.k, Layout::strided, false);
+    Tensor v = place(in.v, Layout::strided, true);
+    CHECK(on_tc(q, k, v));
+    CHECK_FALSE(on_tc(q, place(in.k, Layout::misaligned, false), v));
+    CHECK_FALSE(on_tc(to(q, DType::f32), to(k, DType::f32), to(v, DType::f32)));
+    // A projection's output reshaped into heads, as the model makes them: a view whose
+    // batch dim of size 1 has stride 1, which steps nowhere.
+    Generator gen(471);
+    Tensor rows = to(to(randn({40, 3 * 64}, gen), DType::bf16), kGpu);
+    Tensor heads = reshape(rows, {1, 40, 3, 64});
+    REQUIRE(heads.stride(0) % 8 != 0);
+    CHECK(on_tc(heads, heads, heads));
+    CHECK(cuda::dilated_attention_on_tensor_cores(heads, heads, heads, heads));
+    CHECK_FALSE(on_tc(narrow(to(in.q, kGpu), 3, 0, 48), narrow(to(in.k, kGpu), 3, 0, 48),
+                      narrow(to(in.v, kGpu), 3, 0, 48)));
+  }
+
+  TEST_CASE("on tensor cores out, lse, dk and dv are the same bits in every run") {
+    Inputs in = draw(self_attention(1, 700, 4, 64), DType::bf16, 490);
+    for (DilatedMode mode : {DilatedMode::paper, DilatedMode::grouped}) {
+      DilatedAttentionConfig c{{256, 700}, {1, 2}, mode, true};
+      Tensor q = to(in.q, kGpu);
+      Tensor k = to(in.k, kGpu);
+      Tensor v = to(in.v, kGpu);
+      Tensor dout = to(in.dout, kGpu);
+      auto bits = [](const Tensor& t) {
+        return to(to(t, Device::cpu()), DType::f64).to_vector<double>();
+      };
+      AttentionOutput a = dilated_attention_forward(q, k, v, c);
+      AttentionOutput b = dilated_attention_forward(q, k, v, c);
+      CHECK(bits(a.out) == bits(b.out));
+      CHECK(bits(a.lse) == bits(b.lse));
+      AttentionGrads ga = dilated_attention_backward(q, k, v, a.out, a.lse, dout, c);
+      AttentionGrads gb = dilated_attention_backward(q, k, v, a.out, a.lse, dout, c);
+      CHECK(bits(ga.dk) == bits(gb.dk));
+      CHECK(bits(ga.dv) == bits(gb.dv));
+      // dq is summed by atomics in no fixed order: equal up to rounding.
+      CHECK(relative_error(ga.dq, gb.dq) < testing::kGpuBf16);
+    }
+  }
+
   TEST_CASE("strided q, k and v are read in place") {
     Generator gen(500);
     DilatedAttentionConfig c{{16, 48}, {1, 3}, DilatedMode::paper, true};
@@ -307,8 +430,10 @@ TEST_SUITE("gpu") {
 
 // Timings (not a check): run with --no-skip -ts=gpu_bench. B=1, N=32768, H=12, D=64, bf16,
 // causal, the LongNet branches w=2048..32768 with r=1,2,4,6,12, each branch alone and all
-// five in paper and grouped mode, and dense attention. TFLOP/s counts useful flops only:
-// 4 D per visible (query, key) pair forward, 2.5 times that backward.
+// five in paper and grouped mode (grouped also at N=131072), and dense attention. Each case
+// runs on tensor cores (contiguous inputs) and on CUDA cores (the same values in rows of
+// D + 4 elements, which the tensor-core kernels do not take). TFLOP/s counts useful flops
+// only: 4 D per visible (query, key) pair forward, 2.5 times that backward.
 TEST_SUITE("gpu_bench") {
   TEST_CASE("dilated and dense attention timings" * doctest::skip()) {
     struct Case {
@@ -325,38 +450,48 @@ TEST_SUITE("gpu_bench") {
     }
     cases.push_back({"paper, 5 branches", 32768, {w, r, DilatedMode::paper, true}});
     cases.push_back({"grouped, 5 branches", 32768, {w, r, DilatedMode::grouped, true}});
+    cases.push_back({"grouped, 5 branches", 131072, {w, r, DilatedMode::grouped, true}});
     cases.push_back({"dense", 8192, {{8192}, {1}, DilatedMode::paper, true}});
     cases.push_back({"dense", 32768, {{32768}, {1}, DilatedMode::paper, true}});
     const std::int64_t heads = 12;
     const std::int64_t d = 64;
-    std::printf("%-22s %7s %10s %9s %10s %9s\n", "case", "N", "fwd ms", "TFLOP/s", "f+b ms",
-                "TFLOP/s");
+    std::printf("%-22s %7s %-6s %10s %9s %10s %9s\n", "case", "N", "path", "fwd ms", "TFLOP/s",
+                "f+b ms", "TFLOP/s");
     for (const Case& bc : cases) {
       Inputs in = draw(self_attention(1, bc.n, heads, d), DType::bf16, 900);
-      Tensor q = to(in.q, kGpu);
-      Tensor k = to(in.k, kGpu);
-      Tensor v = to(in.v, kGpu);
-      Tensor dout = to(in.dout, kGpu);
-      auto forward = [&] { return dilated_attention_forward(q, k, v, bc.config); };
-      auto both = [&] {
-        AttentionOutput o = forward();
-        dilated_attention_backward(q, k, v, o.out, o.lse, dout, bc.config);
-      };
-      auto time_ms = [&](auto f, int reps) {
-        f();  // warm-up: first-use costs (allocator, shared memory opt-in)
-        cuda::Event start(0);
-        cuda::Event stop(0);
-        start.record();
-        for (int i = 0; i < reps; ++i) f();
-        stop.record();
-        return stop.elapsed_ms(start) / reps;
-      };
-      double fwd_ms = time_ms(forward, 5);
-      double both_ms = time_ms(both, 3);
-      double fwd_flops = 4.0 * d * attention_pairs(bc.config, bc.n, heads);
-      std::printf("%-22s %7lld %10.3f %9.2f %10.3f %9.2f\n", bc.name.c_str(),
-                  static_cast<long long>(bc.n), fwd_ms, fwd_flops / fwd_ms * 1e-9, both_ms,
-                  3.5 * fwd_flops / both_ms * 1e-9);
+      for (bool tensor_cores : {true, false}) {
+        auto place_in = [&](const Tensor& t) {
+          Tensor g = to(t, kGpu);
+          if (tensor_cores) return g;
+          Tensor view = narrow(empty({1, bc.n, heads, d + 4}, {DType::bf16, kGpu}), 3, 0, d);
+          copy_(view, g);
+          return view;
+        };
+        Tensor q = place_in(in.q);
+        Tensor k = place_in(in.k);
+        Tensor v = place_in(in.v);
+        Tensor dout = place_in(in.dout);
+        auto forward = [&] { return dilated_attention_forward(q, k, v, bc.config); };
+        auto both = [&] {
+          AttentionOutput o = forward();
+          dilated_attention_backward(q, k, v, o.out, o.lse, dout, bc.config);
+        };
+        auto time_ms = [&](auto f, int reps) {
+          f();  // warm-up: first-use costs (allocator, shared memory opt-in)
+          cuda::Event start(0);
+          cuda::Event stop(0);
+          start.record();
+          for (int i = 0; i < reps; ++i) f();
+          stop.record();
+          return stop.elapsed_ms(start) / reps;
+        };
+        double fwd_ms = time_ms(forward, 5);
+        double both_ms = time_ms(both, 3);
+        double fwd_flops = 4.0 * d * attention_pairs(bc.config, bc.n, heads);
+        std::printf("%-22s %7lld %-6s %10.3f %9.2f %10.3f %9.2f\n", bc.name.c_str(),
+                    static_cast<long long>(bc.n), tensor_cores ? "mma" : "cores", fwd_ms,
+                    fwd_flops / fwd_ms * 1e-9, both_ms, 3.5 * fwd_flops / both_ms * 1e-9);
+      }
     }
   }
 }

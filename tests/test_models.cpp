@@ -30,6 +30,16 @@ LongNetConfig tiny_config() {
   return c;
 }
 
+// Next-token inputs (batch, n) and targets of random tokens.
+struct LmBatch {
+  Tensor inputs, targets;
+};
+LmBatch lm_batch(std::int64_t vocab, std::int64_t batch, std::int64_t n, std::uint64_t seed) {
+  Generator gen(seed);
+  Tensor tokens = randint(0, vocab, {batch, n + 1}, gen);
+  return {narrow(tokens, 1, 0, n), contiguous(narrow(tokens, 1, 1, n))};
+}
+
 }  // namespace
 
 TEST_SUITE("models") {
@@ -166,9 +176,7 @@ TEST_SUITE("models") {
     LongNetLM bf16_model(c, init);
     bf16_model.load_state_dict(f32_model.state_dict());
     Generator gen(32);
-    Tensor tokens = randint(0, c.vocab_size, {2, 37}, gen);
-    Tensor inputs = narrow(tokens, 1, 0, 36);
-    Tensor targets = contiguous(narrow(tokens, 1, 1, 36));
+    auto [inputs, targets] = lm_batch(c.vocab_size, 2, 36, 33);
 
     Variable want_logits = f32_model.forward(inputs, gen);
     Variable want = cross_entropy(want_logits, targets);
@@ -211,10 +219,7 @@ TEST_SUITE("models") {
     c.recompute = true;
     LongNetLM recomputed(c, init);
     recomputed.load_state_dict(plain.state_dict());
-    Generator data(42);
-    Tensor tokens = randint(0, c.vocab_size, {2, 17}, data);
-    Tensor inputs = narrow(tokens, 1, 0, 16);
-    Tensor targets = contiguous(narrow(tokens, 1, 1, 16));
+    auto [inputs, targets] = lm_batch(c.vocab_size, 2, 16, 42);
     Generator gen_a(43);
     Generator gen_b(43);
     Variable want = cross_entropy(plain.forward(inputs, gen_a), targets);
@@ -230,6 +235,42 @@ TEST_SUITE("models") {
       REQUIRE(b[i].second.grad().defined());
       CHECK(b[i].second.grad().to_vector<float>() == a[i].second.grad().to_vector<float>());
     }
+  }
+
+  TEST_CASE("a chunked feed-forward gives the loss and gradients of the whole one") {
+    LongNetConfig c = tiny_config();
+    Generator init(44);
+    LongNetLM plain(c, init);
+    auto [inputs, targets] = lm_batch(c.vocab_size, 2, 16, 45);
+    Generator gen(46);
+    Variable want = cross_entropy(plain.forward(inputs, gen), targets);
+    want.backward();
+    for (bool recompute : {false, true}) {
+      CAPTURE(recompute);
+      c.ffn_chunk = 5;  // chunks of 5, 5, 5 and 1 positions
+      c.recompute = recompute;
+      LongNetLM chunked(c, init);
+      chunked.load_state_dict(plain.state_dict());
+      Variable got = cross_entropy(chunked.forward(inputs, gen), targets);
+      got.backward();
+      CHECK(got.data().item() == doctest::Approx(want.data().item()).epsilon(1e-6));
+      auto a = plain.named_parameters();
+      auto b = chunked.named_parameters();
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        CAPTURE(a[i].first);
+        auto g = b[i].second.grad().to_vector<double>();
+        auto w = a[i].second.grad().to_vector<double>();
+        double diff = 0;
+        double scale = 1e-30;
+        for (std::size_t j = 0; j < w.size(); ++j) {
+          diff = std::max(diff, std::abs(g[j] - w[j]));
+          scale = std::max(scale, std::abs(w[j]));
+        }
+        CHECK(diff <= 1e-5 * scale);
+      }
+    }
+    c.ffn_chunk = -1;
+    CHECK(error_of([&] { LongNetLM bad(c, init); }).find("ffn_chunk is -1") != std::string::npos);
   }
 
   TEST_CASE("LongNetLM trains forward and backward at 16K tokens on the cpu") {

@@ -155,7 +155,8 @@ OptimConfig parse_optim(const JsonReader& r) {
 
 RunConfig parse_run(const JsonReader& r) {
   r.only({"steps", "seed", "out_dir", "eval_every", "eval_batches", "ckpt_every", "keep_ckpts",
-          "device", "precision", "recompute", "grad_accum", "log_every", "max_bad_steps"});
+          "device", "precision", "recompute", "ffn_chunk", "grad_accum", "log_every",
+          "max_bad_steps"});
   const std::string& w = r.where();
   RunConfig t;
   auto at_least = [&](const char* key, std::int64_t fallback, std::int64_t low, bool required) {
@@ -175,6 +176,7 @@ RunConfig parse_run(const JsonReader& r) {
   std::string device = r.choice("device", "cpu", {"cpu", "cuda"});
   t.device = device == "cpu" ? Device::cpu() : Device::cuda(0);
   t.recompute = r.flag("recompute", false);
+  t.ffn_chunk = at_least("ffn_chunk", 0, 0, false);
   t.precision = r.choice("precision", "f32", {"f32", "bf16"}) == "f32" ? DType::f32 : DType::bf16;
   t.grad_accum = at_least("grad_accum", 1, 1, false);
   t.log_every = at_least("log_every", 10, 1, false);
@@ -275,6 +277,7 @@ json to_json(const TrainConfig& c) {
                 {"device", t.device.is_cpu() ? "cpu" : "cuda"},
                 {"precision", name(t.precision)},
                 {"recompute", t.recompute},
+                {"ffn_chunk", t.ffn_chunk},
                 {"grad_accum", t.grad_accum},
                 {"log_every", t.log_every},
                 {"max_bad_steps", t.max_bad_steps}};

@@ -56,6 +56,9 @@ struct RunConfig {
   // Recompute each layer in backward instead of keeping its activations (less memory, about
   // a third more compute).
   bool recompute = false;
+  // > 0: the feed-forward blocks run over chunks of this many positions, each recomputed
+  // in backward (for sequences of about a million tokens).
+  std::int64_t ffn_chunk = 0;
   std::int64_t grad_accum = 1;
   std::int64_t log_every = 10;
   // Consecutive steps with a NaN or Inf loss or gradient after which the run stops.

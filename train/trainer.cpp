@@ -142,6 +142,7 @@ Trainer::Trainer(TrainConfig config, CorpusSplit data)
   Generator init(config_.train.seed);
   if (config_.train.precision != DType::f32) config_.model.compute_dtype = config_.train.precision;
   config_.model.recompute = config_.train.recompute;
+  config_.model.ffn_chunk = config_.train.ffn_chunk;
   model_ = std::make_shared<LongNetLM>(config_.model, init,
                                        TensorOptions{DType::f32, config_.train.device});
   optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), config_.optim.adamw);

@@ -11,6 +11,10 @@ void dilated_attention_forward(const Tensor&, const Tensor&, const Tensor&,
   no_cuda();
 }
 
+bool dilated_attention_on_tensor_cores(const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  no_cuda();
+}
+
 void dilated_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, const Tensor&, const DilatedAttentionConfig&, double,
                                 const Tensor&, const Tensor&, const Tensor&) {

@@ -1,5 +1,8 @@
-// Flash-attention style dilated attention on CUDA cores (f32 arithmetic for f32 and bf16
-// inputs). A block of 256 threads owns one 64-row tile of compact rows of one (batch, head,
+// Flash-attention style dilated attention: the host side (plan, scratch, dispatch) and the
+// general kernels on CUDA cores (f32 arithmetic for f32 and bf16 inputs, any head dims up to
+// 128, any row alignment). bf16 problems that the tensor-core kernels take (mma_takes in
+// attention/cuda/dilated_kernels.cuh) go to attention/cuda/dilated_mma.cu instead; the rest
+// run here. A block of 256 threads owns one 64-row tile of compact rows of one (batch, head,
 // segment) for one branch; the forward walks the segment's key tiles with an online softmax,
 // the backward walks query tiles for one key tile. Thread (ty, tx) of the 16 x 16 grid
 // holds scores [ty + 16 i][tx + 16 j] for i, j < 4, so a row's 16 owners share a half-warp
@@ -13,10 +16,13 @@
 #include <vector>
 
 #include "attention/cuda/dilated.h"
+#include "attention/cuda/dilated_kernels.cuh"
 #include "tensor/cuda/check.h"
 #include "tensor/cuda/stream.h"
 
 namespace longnet::cuda {
+
+using namespace detail;
 
 namespace {
 
@@ -25,104 +31,6 @@ constexpr int kThreads = 256;        // 16 x 16
 constexpr int kPad = 4;              // floats of padding per shared row: keeps float4 alignment and
                                      // puts the 8 rows a quarter-warp reads in distinct bank groups
 constexpr int kPRow = kTile + kPad;  // row length of the shared probability tiles
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// Where an operand's rows live: element strides of batch, position and head (the last dim
-// has stride 1).
-struct Operand {
-  const void* data;
-  std::int64_t sb, sn, sh;
-};
-
-struct Problem {
-  std::int64_t nq, nk, n;  // n = max(nq, nk): the positions segments are laid over
-  std::int64_t heads, d, dv;
-  bool causal;
-  float scale;       // multiplies q.k
-  float scale_log2;  // scale * log2(e): the kernels exponentiate in base 2
-};
-
-// One branch applied to heads [head_begin, head_begin + heads).
-struct Branch {
-  std::int64_t w;  // segment length, at most n
-  std::int64_t r;
-  std::int64_t segments;
-  int tiles;  // compact tiles per segment (the most any offset needs)
-  int head_begin;
-  int heads;
-  int offset;       // the group's offset (grouped mode), or -1: head h uses h mod r (paper)
-  float out_scale;  // 1/m in grouped mode
-  bool merge;       // fold into the (out, lse) of earlier branches (paper mode after the first)
-};
-
-// One launch: branches on consecutive head ranges, blockIdx.y the head. Paper mode launches
-// each branch on all heads in turn (each merges into the last); grouped mode runs its groups
-// side by side, so a group of few heads does not leave the GPU idle.
-constexpr int kMaxBranches = 8;
-struct Launch {
-  Branch branch[kMaxBranches];  // sorted by head_begin, none empty
-  int count;
-  int head_begin;
-  int heads;
-  std::int64_t blocks;  // grid x: the most (segment, tile) pairs any branch has
-};
-
-// The branch of head. Constant indices keep the table in parameter space (a dynamic index
-// would copy it to local memory).
-__device__ __forceinline__ Branch branch_of(const Launch& l, int head) {
-  Branch br = l.branch[0];
-#pragma unroll
-  for (int i = 1; i < kMaxBranches; ++i) {
-    if (i < l.count && head >= l.branch[i].head_begin) br = l.branch[i];
-  }
-  return br;
-}
-
-// The rows of one segment a block works on.
-struct Segment {
-  std::int64_t first;   // position of compact row 0
-  std::int64_t nq, nk;  // compact query and key rows
-  int tile;
-};
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-
-__device__ __forceinline__ std::int64_t count_selected(std::int64_t first, std::int64_t end,
-                                                       std::int64_t r) {
-  return first < end ? (end - first + r - 1) / r : 0;
-}
-
-// blockIdx.x enumerates (segment, tile); reverse puts a segment's last tile first, which
-// under the causal mask is the heaviest, so the long blocks start early.
-__device__ __forceinline__ Segment locate(const Problem& p, const Branch& br, int head,
-                                          bool reverse) {
-  std::int64_t seg = blockIdx.x / br.tiles;
-  int tile = static_cast<int>(blockIdx.x % br.tiles);
-  std::int64_t t0 = seg * br.w;
-  std::int64_t j = br.offset >= 0 ? br.offset : head % br.r;
-  std::int64_t end = t0 + br.w;
-  Segment s;
-  s.first = t0 + j;
-  s.nq = count_selected(s.first, end < p.nq ? end : p.nq, br.r);
-  s.nk = count_selected(s.first, end < p.nk ? end : p.nk, br.r);
-  s.tile = reverse ? br.tiles - 1 - tile : tile;
-  return s;
-}
-
 // Head dims are padded to kD; a thread owns kD / 16 output columns in chunks of kV
 // consecutive floats: columns c * 16 * kV + tx * kV + e.
 constexpr int vec_width(int kd) { return kd >= 64 ? 4 : 2; }
@@ -321,19 +229,7 @@ __global__ void __launch_bounds__(kThreads)
     if (row >= s.nq) continue;
     const std::int64_t pos = s.first + row * br.r;
     const float lse_new = (m[i] + log2f(total[i])) * kLn2;
-    float w_old = 0;
-    float w_new = 1;
-    float lse_out = lse_new;
-    if (br.merge) {
-      // out and this branch's output are each normalised; weight them by their denominators.
-      const float top = fmaxf(lse_old[i], lse_new);
-      w_old = lse_old[i] == -kInf ? 0.f : expf(lse_old[i] - top);
-      w_new = expf(lse_new - top);
-      lse_out = top + logf(w_old + w_new);
-      const float norm = 1.f / (w_old + w_new);
-      w_old *= norm;
-      w_new *= norm;
-    }
+    const auto [w_old, w_new, lse_out] = merge_weights(br.merge, lse_old[i], lse_new);
     const float gain = w_new * br.out_scale / total[i];
     O* dst = out + ((batch * p.nq + pos) * p.heads + head) * p.dv;
 #pragma unroll
@@ -566,7 +462,12 @@ void convert(const Tensor& dst, const Tensor& src, cudaStream_t stream) {
   LN_CUDA_CHECK(cudaGetLastError());
 }
 
-Operand operand(const Tensor& t) { return {t.raw_data(), t.stride(0), t.stride(1), t.stride(2)}; }
+// A dim of size 1 is never stepped along, and views give it any stride (reshape gives 1):
+// it reads as 0, so it cannot turn an aligned layout away from the tensor-core kernels.
+Operand operand(const Tensor& t) {
+  auto stride = [&](std::int64_t d) { return t.size(d) == 1 ? 0 : t.stride(d); };
+  return {t.raw_data(), stride(0), stride(1), stride(2)};
+}
 
 Problem problem(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
   Problem p;
@@ -584,7 +485,8 @@ Problem problem(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, 
 
 // The launches of a configuration, mirroring the CPU's plan (attention/dilated.cpp):
 // paper mode runs every branch on all heads, grouped mode each group's branch on its heads.
-std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p) {
+// A block takes `tile` compact rows of a segment.
+std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p, int tile) {
   auto m = static_cast<std::int64_t>(c.segment_lengths.size());
   std::vector<Launch> launches;
   auto add = [&](std::int64_t b, std::int64_t head_begin, std::int64_t heads, int offset,
@@ -594,7 +496,7 @@ std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p) {
     br.r = c.dilation_rates[b];
     br.segments = (p.n + br.w - 1) / br.w;
     std::int64_t rows = (br.w + br.r - 1) / br.r;
-    br.tiles = static_cast<int>((rows + kTile - 1) / kTile);
+    br.tiles = static_cast<int>((rows + tile - 1) / tile);
     br.head_begin = static_cast<int>(head_begin);
     br.heads = static_cast<int>(heads);
     br.offset = offset;
@@ -670,6 +572,14 @@ void with_element(DType dtype, F f) {
 
 }  // namespace
 
+bool dilated_attention_on_tensor_cores(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& dout) {
+  const Problem p = problem(q, k, v, false, 1.0);
+  bool bf16 = q.dtype() == DType::bf16;
+  if (!dout.defined()) return mma_takes(p, bf16, {operand(q), operand(k), operand(v)});
+  return mma_takes(p, bf16, {operand(q), operand(k), operand(v), operand(dout)});
+}
+
 void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                const DilatedAttentionConfig& config, double scale,
                                const Tensor& out, const Tensor& lse) {
@@ -677,7 +587,8 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
   cudaStream_t stream = current_stream(q.device().index);
   const Problem p = problem(q, k, v, config.causal, scale);
   const std::int64_t batch = q.size(0);
-  const std::vector<Launch> launches = plan(config, p);
+  const bool mma = dilated_attention_on_tensor_cores(q, k, v);
+  const std::vector<Launch> launches = plan(config, p, mma ? kMmaQueryTile : kTile);
   const bool merged = launches.size() > 1 && config.mode == DilatedMode::paper;
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);
@@ -687,7 +598,12 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
     // Positions no branch selects keep out = 0 and lse = -inf.
     zero(acc, stream);
     fill_value(static_cast<float*>(lse.raw_data()), -kInf, lse.numel(), stream);
-    if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
+    if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0 && mma) {
+      for (const Launch& l : launches) {
+        mma_forward(p, l, grid_of(l, batch), operand(q), operand(k), operand(v), acc.raw_data(),
+                    acc.dtype() == DType::f32, static_cast<float*>(lse.raw_data()), stream);
+      }
+    } else if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
       with_head_tile(std::max(p.d, p.dv), [&](auto tile) {
         constexpr int kD = decltype(tile)::value;
         for (const Launch& l : launches) {
@@ -715,19 +631,23 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
   cudaStream_t stream = current_stream(q.device().index);
   const Problem p = problem(q, k, v, config.causal, scale);
   const std::int64_t batch = q.size(0);
-  const std::vector<Launch> launches = plan(config, p);
+  const bool mma = dilated_attention_on_tensor_cores(q, k, v, dout);
+  const std::vector<Launch> launches = plan(config, p, mma ? kMmaKeyTile : kTile);
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);
-    // Gradients accumulate in f32: the outputs themselves for f32, scratch for bf16.
+    // Gradients accumulate in f32: the outputs themselves for f32, scratch for bf16. The
+    // tensor-core kernels write dk and dv in place when each key of each head is in one block
+    // of the whole backward (grouped mode, or one branch).
     const bool direct = q.dtype() == DType::f32;
-    auto accumulator = [&](const Tensor& t) {
-      Tensor a = direct ? t : empty(t.shape(), {DType::f32, t.device()});
+    const bool keys_once = mma && (config.mode == DilatedMode::grouped || launches.size() == 1);
+    auto accumulator = [&](const Tensor& t, bool in_place) {
+      Tensor a = in_place ? t : empty(t.shape(), {DType::f32, t.device()});
       zero(a, stream);
       return a;
     };
-    Tensor dq_acc = accumulator(dq);
-    Tensor dk_acc = accumulator(dk);
-    Tensor dv_acc = accumulator(dv);
+    Tensor dq_acc = accumulator(dq, direct);
+    Tensor dk_acc = accumulator(dk, direct || keys_once);
+    Tensor dv_acc = accumulator(dv, direct || keys_once);
     if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
       Tensor dp = empty({batch, p.heads, p.nq}, {DType::f32, q.device()});
       std::int64_t rows = batch * p.nq * p.heads;
@@ -736,23 +656,33 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
               operand(out), operand(dout), static_cast<float*>(dp.raw_data()), batch, p.nq, p.heads,
               p.dv);
       LN_CUDA_CHECK(cudaGetLastError());
-      // float4 atomics need 16-byte aligned rows.
-      bool vector_atomics =
-          p.d % 4 == 0 && reinterpret_cast<std::uintptr_t>(dq_acc.raw_data()) % 16 == 0;
-      with_head_tile(std::max(p.d, p.dv), [&](auto tile) {
-        constexpr int kD = decltype(tile)::value;
+      if (mma) {
         for (const Launch& l : launches) {
-          launch(backward_kernel<T, kD>, grid_of(l, batch), backward_shared_bytes(kD), stream,
-                 operand(q), operand(k), operand(v), operand(dout),
-                 static_cast<const float*>(lse.raw_data()),
-                 static_cast<const float*>(dp.raw_data()), static_cast<float*>(dq_acc.raw_data()),
-                 static_cast<float*>(dk_acc.raw_data()), static_cast<float*>(dv_acc.raw_data()), p,
-                 l, vector_atomics);
+          mma_backward(p, l, grid_of(l, batch), operand(q), operand(k), operand(v), operand(dout),
+                       static_cast<const float*>(lse.raw_data()),
+                       static_cast<const float*>(dp.raw_data()),
+                       static_cast<float*>(dq_acc.raw_data()), dk_acc.raw_data(), dv_acc.raw_data(),
+                       dk_acc.dtype() == DType::f32, stream);
         }
-      });
+      } else {
+        // float4 atomics need 16-byte aligned rows.
+        bool vector_atomics =
+            p.d % 4 == 0 && reinterpret_cast<std::uintptr_t>(dq_acc.raw_data()) % 16 == 0;
+        with_head_tile(std::max(p.d, p.dv), [&](auto tile) {
+          constexpr int kD = decltype(tile)::value;
+          for (const Launch& l : launches) {
+            launch(backward_kernel<T, kD>, grid_of(l, batch), backward_shared_bytes(kD), stream,
+                   operand(q), operand(k), operand(v), operand(dout),
+                   static_cast<const float*>(lse.raw_data()),
+                   static_cast<const float*>(dp.raw_data()), static_cast<float*>(dq_acc.raw_data()),
+                   static_cast<float*>(dk_acc.raw_data()), static_cast<float*>(dv_acc.raw_data()),
+                   p, l, vector_atomics);
+          }
+        });
+      }
     }
-    if (!direct) {
-      convert<T>(dq, dq_acc, stream);
+    if (!direct) convert<T>(dq, dq_acc, stream);
+    if (dk_acc.raw_data() != dk.raw_data()) {
       convert<T>(dk, dk_acc, stream);
       convert<T>(dv, dv_acc, stream);
     }

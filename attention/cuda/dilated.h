@@ -7,8 +7,14 @@
 //
 // Paper mode runs the branches in turn, each merging its (out, lse) into the running pair,
 // which is the one softmax over the union of the branches' keys; grouped mode runs each
-// group's branch on its heads only. Inputs are validated by the caller
-// (attention/dilated.cpp); these functions write every element of their outputs.
+// group's branch on its heads only.
+//
+// bf16 with D == Dv in {32, 64, 128} and 16-byte aligned rows (aligned base, strides multiples
+// of 8 elements; a dim of size 1 has no stride to check) runs on tensor cores (mma.sync, f32
+// accumulation); everything else on CUDA cores in f32. On tensor cores dq is summed by f32 atomics,
+// so its last bits can differ between runs; out, lse, dk and dv are deterministic. Inputs are
+// validated by the caller (attention/dilated.cpp); these functions write every element of their
+// outputs.
 #pragma once
 
 #include "attention/dilated.h"
@@ -25,6 +31,10 @@ constexpr std::int64_t kMaxAttentionHeadDim = 128;
 void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                const DilatedAttentionConfig& config, double scale,
                                const Tensor& out, const Tensor& lse);
+
+// Whether q, k and v (and dout, when defined) take the tensor-core kernels.
+bool dilated_attention_on_tensor_cores(const Tensor& q, const Tensor& k, const Tensor& v,
+                                       const Tensor& dout = Tensor());
 
 // From the forward's out and lse and the output gradient dout (q's dtype and shape of out,
 // last stride 1), fills dq, dk and dv: contiguous, the shapes and dtype of q, k and v.
