@@ -18,10 +18,19 @@ namespace {
 
 bool needs(const Variable& v) { return v.requires_grad(); }
 
+// The shape, dtype and device of a tensor: what a backward function keeps when it needs no
+// values (the graph keeps no data that backward does not use).
+struct Meta {
+  explicit Meta(const Tensor& t) : shape(t.shape()), options{t.dtype(), t.device()} {}
+  Shape shape;
+  TensorOptions options;
+  Tensor zeros() const { return longnet::zeros(shape, options); }
+};
+
 // The gradient of a view: g written into zeros of the source's shape through the same view.
 template <class View>
-Tensor through_view(const Tensor& source, const Tensor& g, View view) {
-  Tensor out = zeros_like(source);
+Tensor through_view(const Meta& source, const Tensor& g, View view) {
+  Tensor out = source.zeros();
   copy_(view(out), g);
   return out;
 }
@@ -34,7 +43,12 @@ Variable unary(UnaryOp op, const Variable& x) {
   LN_CHECK(op != UnaryOp::gelu_grad, "gelu_grad is not differentiable");
   const Tensor& xd = x.data();
   Tensor y = unary(op, xd);
-  return make_result(y, {x}, name(op), [op, xd, y](const Tensor& g) -> Grads {
+  // Each derivative is written with the input or with the output; only that one is kept.
+  bool from_output = op == UnaryOp::exp || op == UnaryOp::sqrt || op == UnaryOp::rsqrt ||
+                     op == UnaryOp::reciprocal || op == UnaryOp::tanh || op == UnaryOp::sigmoid;
+  Tensor x_kept = from_output || op == UnaryOp::neg ? Tensor() : xd;
+  Tensor y_kept = from_output ? y : Tensor();
+  return make_result(y, {x}, name(op), [op, xd = x_kept, y = y_kept](const Tensor& g) -> Grads {
     switch (op) {
       case UnaryOp::neg:
         return {neg(g)};
@@ -77,45 +91,54 @@ Variable binary(BinaryOp op, const Variable& a, const Variable& b) {
   if (comparison) return Variable(y);  // piecewise constant: no gradient flows
   bool ga = needs(a);
   bool gb = needs(b);
-  return make_result(y, {a, b}, name(op), [=](const Tensor& g) -> Grads {
-    Tensor da;
-    Tensor db;
-    switch (op) {
-      case BinaryOp::add:
-        da = g;
-        db = g;
-        break;
-      case BinaryOp::sub:
-        da = g;
-        if (gb) db = neg(g);
-        break;
-      case BinaryOp::mul:
-        if (ga) da = mul(g, bd);
-        if (gb) db = mul(g, ad);
-        break;
-      case BinaryOp::div:
-        if (ga) da = div(g, bd);
-        if (gb) db = neg(div(mul(g, y), bd));
-        break;
-      case BinaryOp::pow:
-        if (ga) da = mul(g, mul(bd, pow(ad, sub(bd, like(bd, 1.0)))));
-        if (gb) db = mul(g, mul(y, log(ad)));
-        break;
-      case BinaryOp::maximum:
-      case BinaryOp::minimum: {
-        // The winner takes the gradient; a tie splits it evenly.
-        BinaryOp wins = op == BinaryOp::maximum ? BinaryOp::gt : BinaryOp::lt;
-        Tensor half = mul(binary(BinaryOp::eq, ad, bd), 0.5);
-        if (ga) da = mul(g, add(binary(wins, ad, bd), half));
-        if (gb) db = mul(g, add(binary(wins, bd, ad), half));
-        break;
-      }
-      default:
-        break;
-    }
-    return {ga && da.defined() ? sum_to(da, ad.shape()) : Tensor(),
-            gb && db.defined() ? sum_to(db, bd.shape()) : Tensor()};
-  });
+  // Keep only the values the derivatives read: none for add and sub.
+  bool both = op == BinaryOp::pow || op == BinaryOp::maximum || op == BinaryOp::minimum;
+  Tensor a_kept = both || (op == BinaryOp::mul && gb) ? ad : Tensor();
+  Tensor b_kept = both || (op == BinaryOp::mul && ga) || op == BinaryOp::div ? bd : Tensor();
+  Tensor y_kept = (op == BinaryOp::div || op == BinaryOp::pow) && gb ? y : Tensor();
+  Shape a_shape = ad.shape();
+  Shape b_shape = bd.shape();
+  return make_result(y, {a, b}, name(op),
+                     [op, ga, gb, ad = a_kept, bd = b_kept, y = y_kept, a_shape,
+                      b_shape](const Tensor& g) -> Grads {
+                       Tensor da;
+                       Tensor db;
+                       switch (op) {
+                         case BinaryOp::add:
+                           da = g;
+                           db = g;
+                           break;
+                         case BinaryOp::sub:
+                           da = g;
+                           if (gb) db = neg(g);
+                           break;
+                         case BinaryOp::mul:
+                           if (ga) da = mul(g, bd);
+                           if (gb) db = mul(g, ad);
+                           break;
+                         case BinaryOp::div:
+                           if (ga) da = div(g, bd);
+                           if (gb) db = neg(div(mul(g, y), bd));
+                           break;
+                         case BinaryOp::pow:
+                           if (ga) da = mul(g, mul(bd, pow(ad, sub(bd, like(bd, 1.0)))));
+                           if (gb) db = mul(g, mul(y, log(ad)));
+                           break;
+                         case BinaryOp::maximum:
+                         case BinaryOp::minimum: {
+                           // The winner takes the gradient; a tie splits it evenly.
+                           BinaryOp wins = op == BinaryOp::maximum ? BinaryOp::gt : BinaryOp::lt;
+                           Tensor half = mul(binary(BinaryOp::eq, ad, bd), 0.5);
+                           if (ga) da = mul(g, add(binary(wins, ad, bd), half));
+                           if (gb) db = mul(g, add(binary(wins, bd, ad), half));
+                           break;
+                         }
+                         default:
+                           break;
+                       }
+                       return {ga && da.defined() ? sum_to(da, a_shape) : Tensor(),
+                               gb && db.defined() ? sum_to(db, b_shape) : Tensor()};
+                     });
 }
 
 Variable add(const Variable& x, double s) {
@@ -131,9 +154,11 @@ Variable pow(const Variable& x, double s) {
 Variable where(const Tensor& cond, const Variable& a, const Variable& b) {
   const Tensor& ad = a.data();
   const Tensor& bd = b.data();
+  Shape a_shape = ad.shape();
+  Shape b_shape = bd.shape();
   return make_result(where(cond, ad, bd), {a, b}, "where", [=](const Tensor& g) -> Grads {
     Tensor zero = like(g, 0.0);
-    return {sum_to(where(cond, g, zero), ad.shape()), sum_to(where(cond, zero, g), bd.shape())};
+    return {sum_to(where(cond, g, zero), a_shape), sum_to(where(cond, zero, g), b_shape)};
   });
 }
 
@@ -175,9 +200,10 @@ Variable max(const Variable& x, std::int64_t dim, bool keepdim) {
   MaxResult r = max(xd, d, true);
   Tensor values = keepdim ? r.values : squeeze(r.values, d);
   Tensor indices = r.indices;
+  Meta source(xd);
   return make_result(values, {x}, "max", [=](const Tensor& g) -> Grads {
     Tensor gk = keepdim ? g : unsqueeze(g, d);
-    return {scatter_add(zeros_like(xd), d, indices, contiguous(gk))};
+    return {scatter_add(source.zeros(), d, indices, contiguous(gk))};
   });
 }
 
@@ -186,10 +212,17 @@ Variable matmul(const Variable& a, const Variable& b) {
   const Tensor& bd = b.data();
   bool ga = needs(a);
   bool gb = needs(b);
-  return make_result(matmul(ad, bd), {a, b}, "matmul", [=](const Tensor& g) -> Grads {
-    return {ga ? sum_to(matmul(g, transpose(bd, -1, -2)), ad.shape()) : Tensor(),
-            gb ? sum_to(matmul(transpose(ad, -1, -2), g), bd.shape()) : Tensor()};
-  });
+  // Each gradient reads the other operand: keep what the needed ones read.
+  Tensor a_kept = gb ? ad : Tensor();
+  Tensor b_kept = ga ? bd : Tensor();
+  Shape a_shape = ad.shape();
+  Shape b_shape = bd.shape();
+  return make_result(
+      matmul(ad, bd), {a, b}, "matmul",
+      [ga, gb, ad = a_kept, bd = b_kept, a_shape, b_shape](const Tensor& g) -> Grads {
+        return {ga ? sum_to(matmul(g, transpose(bd, -1, -2)), a_shape) : Tensor(),
+                gb ? sum_to(matmul(transpose(ad, -1, -2), g), b_shape) : Tensor()};
+      });
 }
 
 Variable softmax(const Variable& x, std::int64_t dim) {
@@ -206,8 +239,9 @@ Variable log_softmax(const Variable& x, std::int64_t dim) {
 
 Variable gather(const Variable& x, std::int64_t dim, const Tensor& index) {
   const Tensor& xd = x.data();
+  Meta source(xd);
   return make_result(gather(xd, dim, index), {x}, "gather", [=](const Tensor& g) -> Grads {
-    return {scatter_add(zeros_like(xd), dim, index, g)};
+    return {scatter_add(source.zeros(), dim, index, g)};
   });
 }
 
@@ -215,13 +249,14 @@ Variable scatter_add(const Variable& x, std::int64_t dim, const Tensor& index,
                      const Variable& src) {
   const Tensor& sd = src.data();
   bool gs = needs(src);
+  Meta source(sd);
   return make_result(scatter_add(x.data(), dim, index, sd), {x, src}, "scatter_add",
                      [=](const Tensor& g) -> Grads {
                        if (!gs) return {g, Tensor()};
                        Tensor picked = gather(g, dim, index);
-                       if (picked.shape() == sd.shape()) return {g, picked};
+                       if (picked.shape() == source.shape) return {g, picked};
                        // src larger than index: its other elements were never added.
-                       return {g, through_view(sd, picked, [&](const Tensor& t) {
+                       return {g, through_view(source, picked, [&](const Tensor& t) {
                                  Tensor v = t;
                                  for (std::int64_t d = 0; d < v.dim(); ++d) {
                                    v = narrow(v, d, 0, index.shape()[d]);
@@ -233,9 +268,10 @@ Variable scatter_add(const Variable& x, std::int64_t dim, const Tensor& index,
 
 Variable index_select(const Variable& x, std::int64_t dim, const Tensor& index) {
   const Tensor& xd = x.data();
+  Meta source(xd);
   return make_result(index_select(xd, dim, index), {x}, "index_select",
                      [=](const Tensor& g) -> Grads {
-                       return {index_add(zeros_like(xd), dim, index, contiguous(g))};
+                       return {index_add(source.zeros(), dim, index, contiguous(g))};
                      });
 }
 
@@ -297,15 +333,19 @@ Variable permute(const Variable& x, const std::vector<std::int64_t>& dims) {
 Variable slice(const Variable& x, std::int64_t dim, std::int64_t start, std::int64_t end,
                std::int64_t step) {
   const Tensor& xd = x.data();
+  Meta source(xd);
   return make_result(slice(xd, dim, start, end, step), {x}, "slice", [=](const Tensor& g) -> Grads {
-    return {through_view(xd, g, [&](const Tensor& t) { return slice(t, dim, start, end, step); })};
+    return {
+        through_view(source, g, [&](const Tensor& t) { return slice(t, dim, start, end, step); })};
   });
 }
 
 Variable narrow(const Variable& x, std::int64_t dim, std::int64_t start, std::int64_t length) {
   const Tensor& xd = x.data();
+  Meta source(xd);
   return make_result(narrow(xd, dim, start, length), {x}, "narrow", [=](const Tensor& g) -> Grads {
-    return {through_view(xd, g, [&](const Tensor& t) { return narrow(t, dim, start, length); })};
+    return {
+        through_view(source, g, [&](const Tensor& t) { return narrow(t, dim, start, length); })};
   });
 }
 

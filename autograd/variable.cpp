@@ -23,26 +23,30 @@ GradModeGuard::~GradModeGuard() { grad_mode = previous_; }
 
 Variable::Variable(Tensor data, bool requires_grad) : impl_(std::make_shared<VariableImpl>()) {
   check_defined(data, "Variable");
+  impl_->slot = std::make_shared<GradSlot>();
+  impl_->slot->shape = data.shape();
+  impl_->slot->dtype = data.dtype();
   impl_->data = std::move(data);
   set_requires_grad(requires_grad);
 }
 
+GradSlot& Variable::slot() const { return *checked(impl_).slot; }
+
 const Tensor& Variable::data() const { return checked(impl_).data; }
-const Tensor& Variable::grad() const { return checked(impl_).grad; }
-void Variable::set_grad(Tensor grad) const { checked(impl_).grad = std::move(grad); }
-void Variable::zero_grad() const { checked(impl_).grad = Tensor(); }
-bool Variable::requires_grad() const { return checked(impl_).requires_grad; }
+const Tensor& Variable::grad() const { return slot().grad; }
+void Variable::set_grad(Tensor grad) const { slot().grad = std::move(grad); }
+void Variable::zero_grad() const { slot().grad = Tensor(); }
+bool Variable::requires_grad() const { return slot().requires_grad; }
 void Variable::set_requires_grad(bool requires_grad) const {
-  auto& impl = checked(impl_);
-  LN_CHECK(!requires_grad || is_floating(impl.data.dtype()),
-           "only floating tensors can require gradients, got ", describe(impl.data));
-  LN_CHECK(requires_grad || impl.grad_fn == nullptr,
+  LN_CHECK(!requires_grad || is_floating(data().dtype()),
+           "only floating tensors can require gradients, got ", describe(data()));
+  LN_CHECK(requires_grad || slot().grad_fn == nullptr,
            "requires_grad of a non-leaf cannot be turned off; use detach()");
-  impl.requires_grad = requires_grad;
+  slot().requires_grad = requires_grad;
 }
-bool Variable::is_leaf() const { return checked(impl_).grad_fn == nullptr; }
-void Variable::retain_grad() const { checked(impl_).retain_grad = true; }
-const std::shared_ptr<Node>& Variable::grad_fn() const { return checked(impl_).grad_fn; }
+bool Variable::is_leaf() const { return slot().grad_fn == nullptr; }
+void Variable::retain_grad() const { slot().retain_grad = true; }
+const std::shared_ptr<Node>& Variable::grad_fn() const { return slot().grad_fn; }
 
 Variable Variable::detach() const { return Variable(data(), false); }
 
@@ -56,41 +60,42 @@ Variable make_result(Tensor out, std::vector<Variable> inputs, const char* op,
   if (!needs) return result;
   auto node = std::make_shared<Node>();
   node->op = op;
-  node->inputs = std::move(inputs);
+  node->inputs.reserve(inputs.size());
+  for (const auto& v : inputs) node->inputs.push_back(v.defined() ? v.impl_->slot : nullptr);
   node->backward = std::move(backward);
-  result.impl_->requires_grad = true;
-  result.impl_->grad_fn = std::move(node);
+  result.slot().requires_grad = true;
+  result.slot().grad_fn = std::move(node);
   return result;
 }
 
 void Variable::backward(const Tensor& grad, bool keep_graph) const {
-  auto& root = checked(impl_);
+  GradSlot& root = slot();
   LN_CHECK(root.requires_grad, "backward() on a variable that does not require grad");
   Tensor seed = grad;
   if (!seed.defined()) {
-    LN_CHECK(root.data.numel() == 1, "backward() without a gradient needs a one-element ",
-             "variable, got ", describe(root.data), "; pass the output gradient");
-    seed = ones(root.data.shape(), {root.data.dtype(), root.data.device()});
+    LN_CHECK(longnet::numel(root.shape) == 1, "backward() without a gradient needs a one-element ",
+             "variable, got ", describe(data()), "; pass the output gradient");
+    seed = ones(root.shape, {root.dtype, data().device()});
   }
-  LN_CHECK(seed.shape() == root.data.shape() && seed.dtype() == root.data.dtype(),
-           "backward(): gradient ", describe(seed), " does not match ", describe(root.data));
+  LN_CHECK(seed.shape() == root.shape && seed.dtype() == root.dtype, "backward(): gradient ",
+           describe(seed), " does not match ", describe(data()));
 
-  // Post-order over the non-leaf variables reachable from the root (iterative DFS), so
-  // that every variable comes after all the variables computed from it once reversed.
-  // The handles keep each variable alive while the nodes before it release their inputs.
-  std::vector<Variable> order;
-  std::unordered_set<VariableImpl*> seen;
-  std::vector<std::pair<Variable, std::size_t>> stack;
+  // Post-order over the non-leaf slots reachable from the root (iterative DFS), so that
+  // every slot comes after all the slots computed from it once reversed. The handles keep
+  // each slot alive while the nodes before it release their inputs.
+  std::vector<std::shared_ptr<GradSlot>> order;
+  std::unordered_set<GradSlot*> seen;
+  std::vector<std::pair<std::shared_ptr<GradSlot>, std::size_t>> stack;
   if (root.grad_fn) {
-    stack.emplace_back(*this, 0);
+    stack.emplace_back(impl_->slot, 0);
     seen.insert(&root);
   }
   while (!stack.empty()) {
-    const auto& inputs = stack.back().first.grad_fn()->inputs;
+    const auto& inputs = stack.back().first->grad_fn->inputs;
     std::size_t next = stack.back().second++;
     if (next < inputs.size()) {
-      const Variable& child = inputs[next];
-      if (child.defined() && child.grad_fn() && seen.insert(child.impl()).second) {
+      const std::shared_ptr<GradSlot>& child = inputs[next];
+      if (child && child->grad_fn && seen.insert(child.get()).second) {
         stack.emplace_back(child, 0);
       }
     } else {
@@ -99,16 +104,16 @@ void Variable::backward(const Tensor& grad, bool keep_graph) const {
     }
   }
 
-  auto accumulate = [](VariableImpl& target, const Tensor& g, const char* op) {
-    LN_CHECK(g.shape() == target.data.shape(), "internal: backward of ", op, " produced ",
-             describe(g), " for an input ", describe(target.data));
+  auto accumulate = [](GradSlot& target, const Tensor& g, const char* op) {
+    LN_CHECK(g.shape() == target.shape, "internal: backward of ", op, " produced ", describe(g),
+             " for an input of shape ", str(target.shape));
     if (!target.grad.defined()) {
       // A fresh copy: gradients returned by backward functions may be views of others.
-      target.grad = clone(to(g, target.data.dtype()));
+      target.grad = clone(to(g, target.dtype));
     } else if (target.grad_fn) {
-      target.grad = add(target.grad, to(g, target.data.dtype()));
+      target.grad = add(target.grad, to(g, target.dtype));
     } else {
-      add_(target.grad, to(g, target.data.dtype()));
+      add_(target.grad, to(g, target.dtype));
     }
   };
 
@@ -119,21 +124,21 @@ void Variable::backward(const Tensor& grad, bool keep_graph) const {
   if (!root.retain_grad) root.grad = Tensor();
   accumulate(root, seed, "backward");
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    VariableImpl& impl = *it->impl();
-    Node& node = *impl.grad_fn;
+    GradSlot& slot = **it;
+    Node& node = *slot.grad_fn;
     LN_CHECK(!node.released, "backward through the graph of ", node.op,
              " a second time: its saved tensors were freed; pass keep_graph=true to the first "
              "backward()");
-    Tensor g = impl.grad;
-    if (!impl.retain_grad) impl.grad = Tensor();
+    Tensor g = slot.grad;
+    if (!slot.retain_grad) slot.grad = Tensor();
     if (!g.defined()) continue;
     std::vector<Tensor> grads = node.backward(g);
     LN_CHECK(grads.size() == node.inputs.size(), "internal: backward of ", node.op, " returned ",
              grads.size(), " gradients for ", node.inputs.size(), " inputs");
     for (std::size_t i = 0; i < grads.size(); ++i) {
-      const Variable& input = node.inputs[i];
-      if (input.defined() && input.requires_grad() && grads[i].defined()) {
-        accumulate(*input.impl(), grads[i], node.op);
+      const std::shared_ptr<GradSlot>& input = node.inputs[i];
+      if (input && input->requires_grad && grads[i].defined()) {
+        accumulate(*input, grads[i], node.op);
       }
     }
     if (!keep_graph) {

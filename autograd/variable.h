@@ -10,6 +10,7 @@
 
 namespace longnet {
 
+struct GradSlot;
 struct Node;
 struct VariableImpl;
 
@@ -49,26 +50,37 @@ class Variable {
   VariableImpl* impl() const { return impl_.get(); }
 
  private:
+  GradSlot& slot() const;
   friend Variable make_result(Tensor, std::vector<Variable>, const char*,
                               std::function<std::vector<Tensor>(const Tensor&)>);
   std::shared_ptr<VariableImpl> impl_;
 };
 
-// One recorded op: its inputs and the function from the output's gradient to one
-// gradient per input (undefined where an input needs none).
+// What differentiation needs of a variable: its gradient, the node that produced it, and
+// the shape and dtype of its data. The graph holds these, never the data itself, so an
+// intermediate result is freed as soon as no Variable and no backward function (which keeps
+// exactly the tensors it needs) holds it.
+struct GradSlot {
+  Tensor grad;
+  bool requires_grad = false;
+  bool retain_grad = false;
+  std::shared_ptr<Node> grad_fn;
+  Shape shape;
+  DType dtype = DType::f32;
+};
+
+// One recorded op: its inputs' slots (null for undefined inputs) and the function from the
+// output's gradient to one gradient per input (undefined where an input needs none).
 struct Node {
   const char* op = "";
-  std::vector<Variable> inputs;
+  std::vector<std::shared_ptr<GradSlot>> inputs;
   std::function<std::vector<Tensor>(const Tensor&)> backward;
   bool released = false;
 };
 
 struct VariableImpl {
   Tensor data;
-  Tensor grad;
-  bool requires_grad = false;
-  bool retain_grad = false;
-  std::shared_ptr<Node> grad_fn;
+  std::shared_ptr<GradSlot> slot;
 };
 
 // Wraps an op's output: records a node when grad mode is on and an input requires grad.

@@ -171,6 +171,32 @@ TEST_SUITE("autograd") {
     CHECK(max_abs_norm(w.grad()) > 0);
   }
 
+  TEST_CASE("the graph keeps no intermediate result that no backward function needs") {
+    Generator gen(72);
+    Variable x(randn({64, 64}, gen), true);
+    std::weak_ptr<Storage> middle;
+    Variable y;
+    {
+      Variable h = add(x, x);  // add's backward needs neither input
+      middle = h.data().storage();
+      y = add(h, x);
+    }
+    CHECK(middle.expired());
+    y.backward(ones({64, 64}));
+    CHECK(max_abs_diff(x.grad(), full({64, 64}, 3.0)) == 0);
+
+    // Where backward needs a value (tanh keeps its output), the graph holds that one.
+    std::weak_ptr<Storage> kept;
+    {
+      Variable t = tanh(x);
+      kept = t.data().storage();
+      y = mul(t, 2.0);
+    }
+    CHECK_FALSE(kept.expired());
+    y.backward(ones({64, 64}));
+    CHECK(kept.expired());  // freed with the graph
+  }
+
   TEST_CASE("gradcheck catches a wrong gradient") {
     // A function whose backward is deliberately wrong: value x^2, claimed gradient 3x.
     auto wrong = [](const std::vector<Variable>& x) {
