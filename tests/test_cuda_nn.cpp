@@ -414,15 +414,23 @@ TEST_SUITE("gpu") {
 
   // --- AdamW and clip_grad_norm --------------------------------------------------------------
 
-  // Parameters of a small model on device: a matrix (decayed), a vector and a bf16 matrix.
+  // Parameters of a small model on device: a matrix (decayed), a vector, a bf16 matrix, one
+  // spanning several blocks of the fused update, and enough more (f32 and bf16, matrices and
+  // vectors) that each dtype's fused update takes several launches.
   std::vector<std::pair<std::string, Variable>> model(Device device) {
     Generator gen(601);
     auto make = [&](const Shape& shape, DType dtype) {
       return Variable(to(random_tensor(shape, gen, dtype), device), true);
     };
-    return {{"w", make({33, 17}, DType::f32)},
-            {"b", make({17}, DType::f32)},
-            {"h", make({9, 40}, DType::bf16)}};
+    std::vector<std::pair<std::string, Variable>> params = {{"w", make({33, 17}, DType::f32)},
+                                                            {"b", make({17}, DType::f32)},
+                                                            {"h", make({9, 40}, DType::bf16)},
+                                                            {"big", make({70, 130}, DType::f32)}};
+    for (int i = 0; i < 100; ++i) {
+      Shape shape = i % 3 == 0 ? Shape{i % 7 + 1} : Shape{i % 7 + 1, (i * 13) % 50 + 1};
+      params.emplace_back(cat("t", i), make(shape, i % 2 == 0 ? DType::f32 : DType::bf16));
+    }
+    return params;
   }
 
   TEST_CASE("AdamW with clipping on the GPU matches the CPU over several steps") {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <map>
 #include <numbers>
 #include <set>
@@ -21,9 +22,9 @@ namespace {
 // v = v * beta2 + (1 - beta2) * g * g; p += -step_size * m / (sqrt(v) / sqrt(bc2) + eps).
 template <class T>
 void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v,
-                  const AdamWStep& s) {
+                  double decay_factor, const AdamWStep& s) {
   using C = compute_t<T>;
-  const auto decay = static_cast<C>(s.decay);
+  const auto decay = static_cast<C>(decay_factor);
   const auto beta1 = static_cast<C>(s.beta1);
   const auto beta2 = static_cast<C>(s.beta2);
   const auto one_minus_beta1 = static_cast<C>(1 - s.beta1);
@@ -148,25 +149,31 @@ void AdamW::step(double lr) {
   NoGradGuard no_grad;
   ++steps_;
   const auto t = static_cast<double>(steps_);
-  AdamWStep s{1.0,
-              config_.beta1,
-              config_.beta2,
-              lr / (1 - std::pow(config_.beta1, t)),
-              std::sqrt(1 - std::pow(config_.beta2, t)),
-              config_.eps};
+  AdamWStep s{config_.beta1, config_.beta2, lr / (1 - std::pow(config_.beta1, t)),
+              std::sqrt(1 - std::pow(config_.beta2, t)), config_.eps};
+  // Parameters on a GPU are updated by one fused launch per device and dtype.
+  std::vector<std::vector<cuda::AdamWTensors>> fused;
   for (const Slot& slot : slots_) {
     const Tensor& g = slot.parameter.grad();
     if (!g.defined()) continue;
-    s.decay = slot.decay ? 1 - lr * config_.weight_decay : 1.0;
+    double decay = slot.decay ? 1 - lr * config_.weight_decay : 1.0;
     const Tensor& p = slot.parameter.data();
     if (p.device().is_cuda()) {
-      cuda::adamw_update(p, g, slot.exp_avg, slot.exp_avg_sq, s);
+      auto group = std::find_if(fused.begin(), fused.end(), [&](const auto& f) {
+        return f.front().p.device() == p.device() && f.front().p.dtype() == p.dtype();
+      });
+      if (group == fused.end()) {
+        fused.emplace_back();
+        group = std::prev(fused.end());
+      }
+      group->push_back({p, g, slot.exp_avg, slot.exp_avg_sq, decay});
       continue;
     }
     dispatch_floating(p.dtype(), "AdamW::step", [&](auto tag) {
-      adamw_update<typename decltype(tag)::type>(p, g, slot.exp_avg, slot.exp_avg_sq, s);
+      adamw_update<typename decltype(tag)::type>(p, g, slot.exp_avg, slot.exp_avg_sq, decay, s);
     });
   }
+  for (const auto& group : fused) cuda::adamw_update(group, s);
 }
 
 NamedTensors AdamW::state() const {

@@ -5,9 +5,7 @@
 
 namespace longnet::cuda {
 
-void adamw_update(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const AdamWStep&) {
-  no_cuda();
-}
+void adamw_update(const std::vector<AdamWTensors>&, const AdamWStep&) { no_cuda(); }
 void sum_of_squares(const Tensor&, const Tensor&, std::int64_t) { no_cuda(); }
 void scale_(const Tensor&, double) { no_cuda(); }
 
