@@ -12,7 +12,7 @@ Variable checkpoint(const std::function<Variable(const Variable&, Generator&)>& 
   }
   std::vector<Variable> inputs{x};
   inputs.insert(inputs.end(), params.begin(), params.end());
-  Tensor saved = x.data();
+  const Tensor& saved = x.data();
   bool x_grad = x.requires_grad();
   std::size_t count = inputs.size();
   return make_result(y, std::move(inputs), "checkpoint",

@@ -96,8 +96,8 @@ Variable binary(BinaryOp op, const Variable& a, const Variable& b) {
   Tensor a_kept = both || (op == BinaryOp::mul && gb) ? ad : Tensor();
   Tensor b_kept = both || (op == BinaryOp::mul && ga) || op == BinaryOp::div ? bd : Tensor();
   Tensor y_kept = (op == BinaryOp::div || op == BinaryOp::pow) && gb ? y : Tensor();
-  Shape a_shape = ad.shape();
-  Shape b_shape = bd.shape();
+  const Shape& a_shape = ad.shape();
+  const Shape& b_shape = bd.shape();
   return make_result(y, {a, b}, name(op),
                      [op, ga, gb, ad = a_kept, bd = b_kept, y = y_kept, a_shape,
                       b_shape](const Tensor& g) -> Grads {
@@ -154,8 +154,8 @@ Variable pow(const Variable& x, double s) {
 Variable where(const Tensor& cond, const Variable& a, const Variable& b) {
   const Tensor& ad = a.data();
   const Tensor& bd = b.data();
-  Shape a_shape = ad.shape();
-  Shape b_shape = bd.shape();
+  const Shape& a_shape = ad.shape();
+  const Shape& b_shape = bd.shape();
   return make_result(where(cond, ad, bd), {a, b}, "where", [=](const Tensor& g) -> Grads {
     Tensor zero = like(g, 0.0);
     return {sum_to(where(cond, g, zero), a_shape), sum_to(where(cond, zero, g), b_shape)};
@@ -215,8 +215,8 @@ Variable matmul(const Variable& a, const Variable& b) {
   // Each gradient reads the other operand: keep what the needed ones read.
   Tensor a_kept = gb ? ad : Tensor();
   Tensor b_kept = ga ? bd : Tensor();
-  Shape a_shape = ad.shape();
-  Shape b_shape = bd.shape();
+  const Shape& a_shape = ad.shape();
+  const Shape& b_shape = bd.shape();
   return make_result(
       matmul(ad, bd), {a, b}, "matmul",
       [ga, gb, ad = a_kept, bd = b_kept, a_shape, b_shape](const Tensor& g) -> Grads {

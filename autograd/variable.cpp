@@ -50,7 +50,7 @@ const std::shared_ptr<Node>& Variable::grad_fn() const { return slot().grad_fn; 
 
 Variable Variable::detach() const { return Variable(data(), false); }
 
-Variable make_result(Tensor out, std::vector<Variable> inputs, const char* op,
+Variable make_result(Tensor out, const std::vector<Variable>& inputs, const char* op,
                      std::function<std::vector<Tensor>(const Tensor&)> backward) {
   Variable result(std::move(out));
   bool needs = false;

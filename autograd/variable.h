@@ -51,7 +51,7 @@ class Variable {
 
  private:
   GradSlot& slot() const;
-  friend Variable make_result(Tensor, std::vector<Variable>, const char*,
+  friend Variable make_result(Tensor, const std::vector<Variable>&, const char*,
                               std::function<std::vector<Tensor>(const Tensor&)>);
   std::shared_ptr<VariableImpl> impl_;
 };
@@ -84,7 +84,7 @@ struct VariableImpl {
 };
 
 // Wraps an op's output: records a node when grad mode is on and an input requires grad.
-Variable make_result(Tensor out, std::vector<Variable> inputs, const char* op,
+Variable make_result(Tensor out, const std::vector<Variable>& inputs, const char* op,
                      std::function<std::vector<Tensor>(const Tensor&)> backward);
 
 // Gradient recording is on by default, per thread. While a NoGradGuard lives, ops record

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
     double median = seconds[seconds.size() / 2];
     std::int64_t params = 0;
     for (const auto& p : trainer.model().parameters()) params += p.numel();
+    std::int64_t per_step = tokens / steps;  // every step takes the same batch size
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
     nlohmann::json result = {
@@ -77,10 +78,10 @@ int main(int argc, char** argv) {
                                                 : cuda::device_name(config.train.device.index)},
         {"commit", bench::git_commit()},
         {"parameters", params},
-        {"tokens_per_step", tokens / steps},
+        {"tokens_per_step", per_step},
         {"steps", steps},
         {"step_ms_median", bench::round3(median * 1e3)},
-        {"tokens_per_s", bench::round3(static_cast<double>(tokens / steps) / median)},
+        {"tokens_per_s", bench::round3(static_cast<double>(per_step) / median)},
         {"tokens_per_s_overall", bench::round3(static_cast<double>(tokens) / total)},
         {"peak_rss_bytes", static_cast<std::int64_t>(usage.ru_maxrss) * 1024},
     };

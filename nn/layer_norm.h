@@ -9,7 +9,8 @@ namespace longnet {
 // variance, accumulated in f64), y = (x - mean_r) * rstd_r * weight + bias. weight and bias
 // are (D) or undefined (then 1 and 0). One floating dtype for all, except that weight and
 // bias may be f32 beside a bf16 x (mixed precision: their gradients are then f32 too); cpu
-// or cuda; eps >= 0; y has x's shape and dtype. Only mean_r and rstd_r are kept for backward, which computes
+// or cuda; eps >= 0; y has x's shape and dtype. Backward keeps x, weight, mean_r and
+// rstd_r and computes
 //   xhat = (x - mean) * rstd,  gy = dy * weight,
 //   dx = rstd * (gy - mean_D(gy) - xhat * mean_D(gy * xhat)),
 //   dweight = sum_rows(dy * xhat),  dbias = sum_rows(dy),
