@@ -1,11 +1,19 @@
-// CPU benchmark of causal attention over growing sequence lengths: dense attention (the
-// quadratic peer) beside dilated attention in paper and grouped mode and block-sparse
-// attention with a fixed number of key blocks per query block. Forward and forward+backward
-// of the differentiable ops, f32, batch 1. Prints a table and one JSON line per case.
+// Benchmark of causal attention over growing sequence lengths, batch 1: dense attention (the
+// quadratic peer) beside dilated attention in paper and grouped mode; on the CPU also
+// block-sparse attention with a fixed number of key blocks per query block. Forward and
+// forward+backward. Prints a table and one JSON line per case.
 //
-//   longnet-bench-attention [--sizes 1024,...,65536] [--max-n N] [--dense-max-n 8192]
-//       [--heads 4] [--head-dim 32] [--segment-lengths 1024,2048,4096]
-//       [--dilation-rates 1,2,4] [--block-size 64] [--blocks-kept 8] [--reps 3] [--json-only]
+// CPU (the default): the differentiable ops, f32, wall-clock medians.
+// CUDA (--device cuda): dilated_attention_forward / _backward on tensors, bf16, 12 heads x 64,
+// the LongNet branches w = 2048..32768, r = 1, 2, 4, 6, 12; medians of CUDA-event timings
+// after a warm-up call, useful TFLOP/s (4 D flops per visible (query, key) pair forward,
+// 2.5 times that backward) and the peak GPU memory of each case, inputs included. A case
+// that runs out of GPU memory is left out with a note. bench/torch_attention.py times the
+// PyTorch peers with the same fields; bench/compare_attention.sh runs both.
+//
+//   longnet-bench-attention [--device cpu|cuda] [--dtype f32|bf16] [--sizes N,...]
+//       [--max-n N] [--dense-max-n N] [--heads H] [--head-dim D] [--segment-lengths W,...]
+//       [--dilation-rates R,...] [--block-size S] [--blocks-kept K] [--reps R] [--json-only]
 #include <omp.h>
 
 #include <algorithm>
@@ -26,17 +34,22 @@
 #include "autograd/variable.h"
 #include "bench/harness.h"
 #include "tensor/creation.h"
+#include "tensor/cuda/runtime.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
 namespace {
 
+using longnet::DilatedAttentionConfig;
+using longnet::DilatedMode;
 using longnet::Tensor;
 using longnet::Variable;
 using longnet::bench::round3;
 using longnet::bench::Timing;
 
 struct Options {
+  longnet::Device device = longnet::Device::cpu();
+  longnet::DType dtype = longnet::DType::f32;
   std::vector<std::int64_t> sizes = {1024, 2048, 4096, 8192, 16384, 32768, 65536};
   std::int64_t max_n = 65536;
   std::int64_t dense_max_n = 8192;
@@ -50,19 +63,42 @@ struct Options {
   bool json_only = false;
 };
 
+// The defaults on a GPU: the sizes and settings of DESIGN.md section 10.
+Options cuda_defaults() {
+  Options o;
+  o.device = longnet::Device::cuda();
+  o.dtype = longnet::DType::bf16;
+  o.sizes.clear();
+  for (std::int64_t n = 32768; n <= 2097152; n *= 2) o.sizes.push_back(n);
+  o.max_n = 2097152;
+  o.dense_max_n = 131072;
+  o.heads = 12;
+  o.head_dim = 64;
+  o.segment_lengths = {2048, 4096, 8192, 16384, 32768};
+  o.dilation_rates = {1, 2, 4, 6, 12};
+  o.reps = 5;
+  return o;
+}
+
 void print_usage(std::ostream& out) {
-  out << "usage: longnet-bench-attention [options]\n"
-      << "  --sizes N[,N...]           sequence lengths (default 1024,2048,...,65536)\n"
-      << "  --max-n N                  leave out lengths above N (default 65536)\n"
-      << "  --dense-max-n N            dense attention only up to N (default 8192; quadratic)\n"
-      << "  --heads H                  heads (default 4)\n"
-      << "  --head-dim D               head dim (default 32)\n"
-      << "  --segment-lengths W[,W...] dilated segment lengths (default 1024,2048,4096)\n"
-      << "  --dilation-rates R[,R...]  dilated rates, one per segment length (default 1,2,4)\n"
-      << "  --block-size S             block-sparse block size (default 64)\n"
+  out << "usage: longnet-bench-attention [options]   (defaults: cpu / cuda)\n"
+      << "  --device cpu|cuda          where to run (default cpu); picks the other defaults\n"
+      << "  --dtype f32|bf16           element type (default f32 / bf16)\n"
+      << "  --sizes N[,N...]           sequence lengths (default 1024,...,65536 /\n"
+      << "                             32768,...,2097152, powers of two)\n"
+      << "  --max-n N                  leave out lengths above N (default 65536 / 2097152)\n"
+      << "  --dense-max-n N            dense attention only up to N (default 8192 / 131072;\n"
+      << "                             quadratic)\n"
+      << "  --heads H                  heads (default 4 / 12)\n"
+      << "  --head-dim D               head dim (default 32 / 64)\n"
+      << "  --segment-lengths W[,W...] dilated segment lengths (default 1024,2048,4096 /\n"
+      << "                             2048,4096,8192,16384,32768)\n"
+      << "  --dilation-rates R[,R...]  dilated rates, one per segment length (default 1,2,4 /\n"
+      << "                             1,2,4,6,12)\n"
+      << "  --block-size S             block-sparse block size (default 64; cpu only)\n"
       << "  --blocks-kept K            block-sparse key blocks per query block (default 8)\n"
-      << "  --reps R                   least timed repetitions per case (default 3); the\n"
-      << "                             median is reported\n"
+      << "  --reps R                   timed repetitions per case, the median is reported\n"
+      << "                             (default 3, at least a quarter second / 5)\n"
       << "  --json-only                print only the JSON lines\n";
 }
 
@@ -72,8 +108,27 @@ void print_usage(std::ostream& out) {
   std::exit(2);
 }
 
+longnet::Device device_from(const std::string& text) {
+  try {
+    return longnet::parse_device(text);
+  } catch (const std::exception& e) {
+    usage_error(std::string("--device: ") + e.what());
+  }
+}
+
 Options parse_options(int argc, char** argv) {
+  // --device picks the defaults of everything else, so it is read first.
   Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::optional<std::string> text;
+    if (arg.rfind("--device=", 0) == 0) {
+      text = arg.substr(9);
+    } else if (arg == "--device" && i + 1 < argc) {
+      text = argv[i + 1];
+    }
+    if (text && device_from(*text).is_cuda()) options = cuda_defaults();
+  }
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     std::optional<std::string> value;
@@ -98,7 +153,18 @@ Options parse_options(int argc, char** argv) {
       if (!parsed) usage_error(arg + " wants positive integers, got '" + text + "'");
       out = *parsed;
     };
-    if (arg == "--sizes") {
+    if (arg == "--device") {
+      options.device = device_from(take_value());
+    } else if (arg == "--dtype") {
+      std::string text = take_value();
+      if (text == "f32") {
+        options.dtype = longnet::DType::f32;
+      } else if (text == "bf16") {
+        options.dtype = longnet::DType::bf16;
+      } else {
+        usage_error("--dtype wants f32 or bf16, got '" + text + "'");
+      }
+    } else if (arg == "--sizes") {
       positive_list(options.sizes);
     } else if (arg == "--max-n") {
       positive(options.max_n);
@@ -137,11 +203,44 @@ Options parse_options(int argc, char** argv) {
   return options;
 }
 
-// One attention variant: a name and the differentiable op for a given sequence length.
+// Visible (query, key) pairs over all heads, a key selected by two branches counted twice:
+// each costs 4 D flops in the forward (q.k and p v) and 10 D in the backward (recomputing
+// q.k, then dv, dp, dq and dk).
+double attention_pairs(const DilatedAttentionConfig& c, std::int64_t n, std::int64_t heads) {
+  auto m = static_cast<std::int64_t>(c.segment_lengths.size());
+  double pairs = 0;
+  for (std::int64_t h = 0; h < heads; ++h) {
+    std::int64_t group = -1;
+    if (c.mode == DilatedMode::grouped) {
+      for (std::int64_t g = 0, start = 0; g < m; ++g) {
+        std::int64_t size = heads / m + (g < heads % m ? 1 : 0);
+        if (h >= start && h < start + size) group = g;
+        start += size;
+      }
+    }
+    for (std::int64_t b = 0; b < m; ++b) {
+      if (group >= 0 && b != group) continue;
+      std::int64_t w = std::min(c.segment_lengths[b], n);
+      std::int64_t r = c.dilation_rates[b];
+      std::int64_t j = group >= 0 ? group % r : h % r;
+      for (std::int64_t t0 = 0; t0 < n; t0 += w) {
+        std::int64_t first = t0 + j;
+        std::int64_t end = std::min(t0 + w, n);
+        std::int64_t rows = first < end ? (end - first + r - 1) / r : 0;
+        pairs += c.causal ? rows * (rows + 1) / 2.0 : static_cast<double>(rows) * rows;
+      }
+    }
+  }
+  return pairs;
+}
+
+// One attention variant at a given sequence length: the differentiable op (CPU) or the
+// dilated configuration the GPU kernels run (dense being one segment of length n, rate 1).
 struct Case {
   std::string name;
   std::int64_t max_n;
   std::function<Variable(const Variable&, const Variable&, const Variable&)> op;
+  std::optional<DilatedAttentionConfig> dilated;
   nlohmann::json config;
 };
 
@@ -151,20 +250,22 @@ std::vector<Case> make_cases(const Options& o, std::int64_t n) {
                    [](const Variable& q, const Variable& k, const Variable& v) {
                      return longnet::dense_attention(q, k, v, /*causal=*/true);
                    },
+                   DilatedAttentionConfig{{n}, {1}, DilatedMode::paper, /*causal=*/true},
                    nlohmann::json::object()});
-  for (auto mode : {longnet::DilatedMode::paper, longnet::DilatedMode::grouped}) {
-    longnet::DilatedAttentionConfig config{o.segment_lengths, o.dilation_rates, mode,
-                                           /*causal=*/true};
+  for (auto mode : {DilatedMode::paper, DilatedMode::grouped}) {
+    DilatedAttentionConfig config{o.segment_lengths, o.dilation_rates, mode, /*causal=*/true};
     config.validate();
-    bool paper = mode == longnet::DilatedMode::paper;
+    bool paper = mode == DilatedMode::paper;
     cases.push_back(
         {paper ? "dilated_paper" : "dilated_grouped",
          o.max_n,
          [config](const Variable& q, const Variable& k, const Variable& v) {
            return longnet::dilated_attention(q, k, v, config);
          },
+         config,
          {{"segment_lengths", o.segment_lengths}, {"dilation_rates", o.dilation_rates}}});
   }
+  if (o.device.is_cuda()) return cases;  // block-sparse attention has no GPU kernel
   // A fixed count of key blocks per query block keeps the cost linear in n.
   std::int64_t blocks = (n + o.block_size - 1) / o.block_size;
   longnet::BlockSparseConfig sparse{
@@ -177,6 +278,7 @@ std::vector<Case> make_cases(const Options& o, std::int64_t n) {
                    [sparse](const Variable& q, const Variable& k, const Variable& v) {
                      return longnet::block_sparse_attention(q, k, v, sparse);
                    },
+                   std::nullopt,
                    {{"block_size", o.block_size},
                     {"blocks_kept", o.blocks_kept},
                     {"density", sparse.density}}});
@@ -189,56 +291,145 @@ struct Row {
   Timing fwd;
   Timing fwd_bwd;
   nlohmann::json config;
+  double fwd_flops = 0;                // useful flops of one forward (GPU rows)
+  std::size_t peak_gpu_bytes = 0;      // GPU rows
+  std::optional<std::string> skipped;  // why the case did not run
 };
+
+// The CPU run: wall-clock medians of the differentiable ops.
+std::vector<Row> run_cpu(const Options& options) {
+  // Calls take from a millisecond to seconds: one warm-up call, then at least reps timed
+  // calls and a quarter second of them, so that the default run stays near two minutes.
+  longnet::bench::TimingPolicy policy{.min_reps = options.reps,
+                                      .min_warmup_calls = 1,
+                                      .warmup_floor = std::chrono::milliseconds(0),
+                                      .timed_floor = std::chrono::milliseconds(250)};
+  longnet::Generator gen(0);
+  std::vector<Row> rows;
+  for (std::int64_t n : options.sizes) {
+    longnet::Shape shape{1, n, options.heads, options.head_dim};
+    longnet::TensorOptions type{options.dtype};
+    Variable q(longnet::randn(shape, gen, type), true);
+    Variable k(longnet::randn(shape, gen, type), true);
+    Variable v(longnet::randn(shape, gen, type), true);
+    Tensor dout = longnet::randn(shape, gen, type);  // the fixed upstream gradient
+    for (const Case& c : make_cases(options, n)) {
+      if (n > c.max_n) continue;
+      Variable out;
+      Timing fwd = longnet::bench::time_median(policy, [&] { out = c.op(q, k, v); });
+      Timing fwd_bwd = longnet::bench::time_median(policy, [&] {
+        for (const Variable* x : {&q, &k, &v}) x->zero_grad();
+        out = c.op(q, k, v);
+        out.backward(dout);
+      });
+      rows.push_back({c.name, n, fwd, fwd_bwd, c.config});
+      if (!options.json_only) {
+        std::fprintf(stderr, "  %s n=%lld done\n", c.name.c_str(), static_cast<long long>(n));
+      }
+    }
+  }
+  return rows;
+}
+
+// Median of reps calls of fn, each timed by CUDA events on the device's stream, after one
+// warm-up call (first-use costs: allocator blocks, shared-memory opt-in).
+template <class Fn>
+Timing time_events(int device, int reps, Fn&& fn) {
+  fn();
+  longnet::cuda::Event start(device);
+  longnet::cuda::Event stop(device);
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    start.record();
+    fn();
+    stop.record();
+    times.push_back(stop.elapsed_ms(start));
+  }
+  std::sort(times.begin(), times.end());
+  return {times[times.size() / 2], reps};
+}
+
+bool out_of_memory(const std::exception& e) {
+  return std::string(e.what()).rfind("out of GPU memory", 0) == 0;
+}
+
+// The GPU run: the forward and backward functions on device tensors (no autograd graph).
+std::vector<Row> run_cuda(const Options& options) {
+  int device = options.device.index;
+  longnet::Generator gen(0);
+  std::vector<Row> rows;
+  for (std::int64_t n : options.sizes) {
+    longnet::Shape shape{1, n, options.heads, options.head_dim};
+    longnet::TensorOptions type{options.dtype, options.device};
+    Tensor q = longnet::randn(shape, gen, type);
+    Tensor k = longnet::randn(shape, gen, type);
+    Tensor v = longnet::randn(shape, gen, type);
+    Tensor dout = longnet::randn(shape, gen, type);
+    for (const Case& c : make_cases(options, n)) {
+      if (n > c.max_n) continue;
+      const DilatedAttentionConfig& config = *c.dilated;
+      Row row{c.name, n, {}, {}, c.config};
+      row.fwd_flops =
+          4.0 * static_cast<double>(options.head_dim) * attention_pairs(config, n, options.heads);
+      longnet::cuda::synchronize(device);
+      longnet::cuda::reset_peak_memory(device);
+      auto forward = [&] { return longnet::dilated_attention_forward(q, k, v, config); };
+      try {
+        row.fwd = time_events(device, options.reps, forward);
+        row.fwd_bwd = time_events(device, options.reps, [&] {
+          longnet::AttentionOutput o = forward();
+          longnet::dilated_attention_backward(q, k, v, o.out, o.lse, dout, config);
+        });
+        row.peak_gpu_bytes = longnet::cuda::memory_stats(device).peak_bytes;
+      } catch (const std::exception& e) {
+        if (!out_of_memory(e)) throw;
+        row.skipped = e.what();
+        longnet::cuda::synchronize(device);
+        longnet::cuda::empty_cache(device);
+      }
+      rows.push_back(row);
+      if (!options.json_only) {
+        std::fprintf(stderr, "  %s n=%lld %s\n", c.name.c_str(), static_cast<long long>(n),
+                     row.skipped ? "skipped: out of GPU memory" : "done");
+      }
+    }
+  }
+  return rows;
+}
+
+double tflops(double flops, const Timing& t) { return flops / t.median_ms * 1e-9; }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Options options = parse_options(argc, argv);
   try {
+    bool gpu = options.device.is_cuda();
     int threads = omp_get_max_threads();
-    std::string device = "cpu: " + longnet::bench::cpu_model();
-    std::string commit = longnet::bench::git_commit();
-    if (double busy = longnet::bench::others_busy_fraction(); busy > 0.1) {
-      std::cerr << "warning: other processes kept the CPU " << static_cast<int>(busy * 100)
-                << "% busy before the run; figures will be low\n";
-    }
-    // Calls take from a millisecond to seconds: one warm-up call, then at least reps timed
-    // calls and a quarter second of them, so that the default run stays near two minutes.
-    longnet::bench::TimingPolicy policy{.min_reps = options.reps,
-                                        .min_warmup_calls = 1,
-                                        .warmup_floor = std::chrono::milliseconds(0),
-                                        .timed_floor = std::chrono::milliseconds(250)};
-
-    // Runs take a minute or more: check the neighbours over the whole run as well.
-    longnet::bench::CpuSample run_start = longnet::bench::sample_cpu();
-    longnet::Generator gen(0);
-    std::vector<Row> rows;
-    for (std::int64_t n : options.sizes) {
-      longnet::Shape shape{1, n, options.heads, options.head_dim};
-      Variable q(longnet::randn(shape, gen), true);
-      Variable k(longnet::randn(shape, gen), true);
-      Variable v(longnet::randn(shape, gen), true);
-      Tensor dout = longnet::randn(shape, gen);  // the fixed upstream gradient
-      for (const Case& c : make_cases(options, n)) {
-        if (n > c.max_n) continue;
-        Variable out;
-        Timing fwd = longnet::bench::time_median(policy, [&] { out = c.op(q, k, v); });
-        Timing fwd_bwd = longnet::bench::time_median(policy, [&] {
-          for (const Variable* x : {&q, &k, &v}) x->zero_grad();
-          out = c.op(q, k, v);
-          out.backward(dout);
-        });
-        rows.push_back({c.name, n, fwd, fwd_bwd, c.config});
-        if (!options.json_only) {
-          std::fprintf(stderr, "  %s n=%lld done\n", c.name.c_str(), static_cast<long long>(n));
-        }
+    std::string device;
+    if (gpu) {
+      if (options.device.index >= longnet::cuda::device_count()) {
+        throw std::runtime_error("no CUDA device " + longnet::str(options.device) + " (devices: " +
+                                 std::to_string(longnet::cuda::device_count()) + ")");
+      }
+      device =
+          longnet::str(options.device) + ": " + longnet::cuda::device_name(options.device.index);
+    } else {
+      device = "cpu: " + longnet::bench::cpu_model();
+      if (double busy = longnet::bench::others_busy_fraction(); busy > 0.1) {
+        std::cerr << "warning: other processes kept the CPU " << static_cast<int>(busy * 100)
+                  << "% busy before the run; figures will be low\n";
       }
     }
+    std::string commit = longnet::bench::git_commit();
+    std::string dtype = longnet::name(options.dtype);
 
+    // CPU runs take a minute or more: check the neighbours over the whole run as well.
+    longnet::bench::CpuSample run_start = longnet::bench::sample_cpu();
+    std::vector<Row> rows = gpu ? run_cuda(options) : run_cpu(options);
     double others_during =
         longnet::bench::others_busy_between(run_start, longnet::bench::sample_cpu());
-    if (others_during > 0.05) {
+    if (!gpu && others_during > 0.05) {
       std::cerr << "warning: other processes used " << static_cast<int>(others_during * 100)
                 << "% of the CPU during the run; figures will be low\n";
     }
@@ -248,20 +439,47 @@ int main(int argc, char** argv) {
     std::stable_sort(rows.begin(), rows.end(),
                      [](const Row& a, const Row& b) { return a.name < b.name; });
     if (!options.json_only) {
-      std::printf(
-          "device %s, %d threads, commit %s; f32, causal, batch 1, %lld heads x %lld; "
-          "others busy %.0f%% of the run\n",
-          device.c_str(), threads, commit.c_str(), static_cast<long long>(options.heads),
-          static_cast<long long>(options.head_dim), others_during * 100);
-      std::printf("%-20s %6s %11s %11s %12s %9s %9s %5s\n", "case", "n", "fwd ms", "fwd+bwd ms",
-                  "fwd+bwd tok/s", "fwd /tok", "f+b /tok", "reps");
+      std::printf("device %s, ", device.c_str());
+      if (!gpu) std::printf("%d threads, ", threads);
+      std::printf("commit %s; %s, causal, batch 1, %lld heads x %lld", commit.c_str(),
+                  dtype.c_str(), static_cast<long long>(options.heads),
+                  static_cast<long long>(options.head_dim));
+      if (gpu) {
+        std::printf("; TFLOP/s of useful flops, peak GPU memory with the inputs\n");
+        std::printf("%-20s %8s %10s %11s %9s %9s %9s %9s %5s\n", "case", "n", "fwd ms",
+                    "fwd+bwd ms", "fwd TF/s", "f+b TF/s", "f+b /tok", "peak GiB", "reps");
+      } else {
+        std::printf("; others busy %.0f%% of the run\n", others_during * 100);
+        std::printf("%-20s %6s %11s %11s %12s %9s %9s %5s\n", "case", "n", "fwd ms", "fwd+bwd ms",
+                    "fwd+bwd tok/s", "fwd /tok", "f+b /tok", "reps");
+      }
     }
     std::vector<std::string> json_lines;
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
+      nlohmann::json line = {
+          {"bench", "attention"},   {"impl", "longnet"},
+          {"case", r.name},         {"n", r.n},
+          {"heads", options.heads}, {"head_dim", options.head_dim},
+          {"dtype", dtype},         {"causal", true},
+      };
+      bool new_case = i > 0 && rows[i - 1].name != r.name;
+      if (r.skipped) {
+        if (!options.json_only) {
+          if (new_case) std::printf("\n");
+          std::printf("%-20s %8lld  skipped: out of GPU memory\n", r.name.c_str(),
+                      static_cast<long long>(r.n));
+        }
+        line.update({{"skipped", *r.skipped},
+                     {"config", r.config},
+                     {"device", device},
+                     {"commit", commit}});
+        json_lines.push_back(line.dump());
+        continue;
+      }
       const Row* first = &r;
       for (std::size_t j = 0; j < i; ++j) {
-        if (rows[j].name == r.name) {
+        if (rows[j].name == r.name && !rows[j].skipped) {
           first = &rows[j];
           break;
         }
@@ -272,20 +490,21 @@ int main(int argc, char** argv) {
       double fwd_rel = per_token(r.fwd, r.n) / per_token(first->fwd, first->n);
       double fwd_bwd_rel = per_token(r.fwd_bwd, r.n) / per_token(first->fwd_bwd, first->n);
       double tokens_per_s = static_cast<double>(r.n) / (r.fwd_bwd.median_ms / 1000.0);
+      int reps = std::min(r.fwd.reps, r.fwd_bwd.reps);
       if (!options.json_only) {
-        if (i > 0 && rows[i - 1].name != r.name) std::printf("\n");
-        std::printf("%-20s %6lld %11.2f %11.2f %12.0f %9.2f %9.2f %5d\n", r.name.c_str(),
-                    static_cast<long long>(r.n), r.fwd.median_ms, r.fwd_bwd.median_ms, tokens_per_s,
-                    fwd_rel, fwd_bwd_rel, std::min(r.fwd.reps, r.fwd_bwd.reps));
+        if (new_case) std::printf("\n");
+        if (gpu) {
+          std::printf("%-20s %8lld %10.2f %11.2f %9.1f %9.1f %9.2f %9.2f %5d\n", r.name.c_str(),
+                      static_cast<long long>(r.n), r.fwd.median_ms, r.fwd_bwd.median_ms,
+                      tflops(r.fwd_flops, r.fwd), tflops(3.5 * r.fwd_flops, r.fwd_bwd), fwd_bwd_rel,
+                      static_cast<double>(r.peak_gpu_bytes) / (1 << 30), reps);
+        } else {
+          std::printf("%-20s %6lld %11.2f %11.2f %12.0f %9.2f %9.2f %5d\n", r.name.c_str(),
+                      static_cast<long long>(r.n), r.fwd.median_ms, r.fwd_bwd.median_ms,
+                      tokens_per_s, fwd_rel, fwd_bwd_rel, reps);
+        }
       }
-      nlohmann::json line = {
-          {"bench", "attention"},
-          {"case", r.name},
-          {"n", r.n},
-          {"heads", options.heads},
-          {"head_dim", options.head_dim},
-          {"dtype", "f32"},
-          {"causal", true},
+      line.update({
           {"fwd_ms", round3(r.fwd.median_ms)},
           {"fwd_bwd_ms", round3(r.fwd_bwd.median_ms)},
           {"fwd_reps", r.fwd.reps},
@@ -294,11 +513,17 @@ int main(int argc, char** argv) {
           {"fwd_per_token_rel", round3(fwd_rel)},
           {"fwd_bwd_per_token_rel", round3(fwd_bwd_rel)},
           {"config", r.config},
-          {"threads", threads},
-          {"others_busy", round3(others_during)},
-          {"device", device},
-          {"commit", commit},
-      };
+      });
+      if (gpu) {
+        line.update({
+            {"fwd_tflops", round3(tflops(r.fwd_flops, r.fwd))},
+            {"fwd_bwd_tflops", round3(tflops(3.5 * r.fwd_flops, r.fwd_bwd))},
+            {"peak_gpu_bytes", r.peak_gpu_bytes},
+        });
+      } else {
+        line.update({{"threads", threads}, {"others_busy", round3(others_during)}});
+      }
+      line.update({{"device", device}, {"commit", commit}});
       json_lines.push_back(line.dump());
     }
     if (!options.json_only) std::printf("\n");

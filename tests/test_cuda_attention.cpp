@@ -10,7 +10,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <string>
 
 #include "attention/cuda/dilated.h"
@@ -135,36 +134,6 @@ void check_against_cpu(const Dims& s, const DilatedAttentionConfig& c, DType dty
 
 Dims self_attention(std::int64_t batch, std::int64_t n, std::int64_t heads, std::int64_t d) {
   return {batch, n, n, heads, d, d};
-}
-
-// Visible (query, key) pairs over all heads, a key selected by two branches counted twice:
-// each costs 4 D flops in the forward (q.k and p v).
-double attention_pairs(const DilatedAttentionConfig& c, std::int64_t n, std::int64_t heads) {
-  auto m = static_cast<std::int64_t>(c.segment_lengths.size());
-  double pairs = 0;
-  for (std::int64_t h = 0; h < heads; ++h) {
-    std::int64_t group = -1;
-    if (c.mode == DilatedMode::grouped) {
-      for (std::int64_t g = 0, start = 0; g < m; ++g) {
-        std::int64_t size = heads / m + (g < heads % m ? 1 : 0);
-        if (h >= start && h < start + size) group = g;
-        start += size;
-      }
-    }
-    for (std::int64_t b = 0; b < m; ++b) {
-      if (group >= 0 && b != group) continue;
-      std::int64_t w = std::min(c.segment_lengths[b], n);
-      std::int64_t r = c.dilation_rates[b];
-      std::int64_t j = group >= 0 ? group % r : h % r;
-      for (std::int64_t t0 = 0; t0 < n; t0 += w) {
-        std::int64_t first = t0 + j;
-        std::int64_t end = std::min(t0 + w, n);
-        std::int64_t rows = first < end ? (end - first + r - 1) / r : 0;
-        pairs += c.causal ? rows * (rows + 1) / 2.0 : static_cast<double>(rows) * rows;
-      }
-    }
-  }
-  return pairs;
 }
 
 }  // namespace
@@ -425,74 +394,6 @@ TEST_SUITE("gpu") {
     CHECK(error_of([] {
             make_attention(BlockSparseConfig{}, kGpu);
           }).find("\"block_sparse\" has no implementation on cuda:0") != std::string::npos);
-  }
-}
-
-// Timings (not a check): run with --no-skip -ts=gpu_bench. B=1, N=32768, H=12, D=64, bf16,
-// causal, the LongNet branches w=2048..32768 with r=1,2,4,6,12, each branch alone and all
-// five in paper and grouped mode (grouped also at N=131072), and dense attention. Each case
-// runs on tensor cores (contiguous inputs) and on CUDA cores (the same values in rows of
-// D + 4 elements, which the tensor-core kernels do not take). TFLOP/s counts useful flops
-// only: 4 D per visible (query, key) pair forward, 2.5 times that backward.
-TEST_SUITE("gpu_bench") {
-  TEST_CASE("dilated and dense attention timings" * doctest::skip()) {
-    struct Case {
-      std::string name;
-      std::int64_t n;
-      DilatedAttentionConfig config;
-    };
-    const std::vector<std::int64_t> w = {2048, 4096, 8192, 16384, 32768};
-    const std::vector<std::int64_t> r = {1, 2, 4, 6, 12};
-    std::vector<Case> cases;
-    for (std::size_t i = 0; i < w.size(); ++i) {
-      cases.push_back(
-          {cat("branch w=", w[i], " r=", r[i]), 32768, {{w[i]}, {r[i]}, DilatedMode::paper, true}});
-    }
-    cases.push_back({"paper, 5 branches", 32768, {w, r, DilatedMode::paper, true}});
-    cases.push_back({"grouped, 5 branches", 32768, {w, r, DilatedMode::grouped, true}});
-    cases.push_back({"grouped, 5 branches", 131072, {w, r, DilatedMode::grouped, true}});
-    cases.push_back({"dense", 8192, {{8192}, {1}, DilatedMode::paper, true}});
-    cases.push_back({"dense", 32768, {{32768}, {1}, DilatedMode::paper, true}});
-    const std::int64_t heads = 12;
-    const std::int64_t d = 64;
-    std::printf("%-22s %7s %-6s %10s %9s %10s %9s\n", "case", "N", "path", "fwd ms", "TFLOP/s",
-                "f+b ms", "TFLOP/s");
-    for (const Case& bc : cases) {
-      Inputs in = draw(self_attention(1, bc.n, heads, d), DType::bf16, 900);
-      for (bool tensor_cores : {true, false}) {
-        auto place_in = [&](const Tensor& t) {
-          Tensor g = to(t, kGpu);
-          if (tensor_cores) return g;
-          Tensor view = narrow(empty({1, bc.n, heads, d + 4}, {DType::bf16, kGpu}), 3, 0, d);
-          copy_(view, g);
-          return view;
-        };
-        Tensor q = place_in(in.q);
-        Tensor k = place_in(in.k);
-        Tensor v = place_in(in.v);
-        Tensor dout = place_in(in.dout);
-        auto forward = [&] { return dilated_attention_forward(q, k, v, bc.config); };
-        auto both = [&] {
-          AttentionOutput o = forward();
-          dilated_attention_backward(q, k, v, o.out, o.lse, dout, bc.config);
-        };
-        auto time_ms = [&](auto f, int reps) {
-          f();  // warm-up: first-use costs (allocator, shared memory opt-in)
-          cuda::Event start(0);
-          cuda::Event stop(0);
-          start.record();
-          for (int i = 0; i < reps; ++i) f();
-          stop.record();
-          return stop.elapsed_ms(start) / reps;
-        };
-        double fwd_ms = time_ms(forward, 5);
-        double both_ms = time_ms(both, 3);
-        double fwd_flops = 4.0 * d * attention_pairs(bc.config, bc.n, heads);
-        std::printf("%-22s %7lld %-6s %10.3f %9.2f %10.3f %9.2f\n", bc.name.c_str(),
-                    static_cast<long long>(bc.n), tensor_cores ? "mma" : "cores", fwd_ms,
-                    fwd_flops / fwd_ms * 1e-9, both_ms, 3.5 * fwd_flops / both_ms * 1e-9);
-      }
-    }
   }
 }
 
