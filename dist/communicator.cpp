@@ -1,0 +1,40 @@
+#include "dist/communicator.h"
+
+#include <cstdlib>
+
+#include "dist/mpi.h"
+#include "dist/single_process.h"
+
+namespace longnet {
+namespace {
+
+// Variables that MPI launchers set in every process they start: Open MPI's mpirun,
+// MPICH/Intel MPI's hydra and Slurm's srun (PMI-1/2), and PMIx launchers (srun --mpi=pmix,
+// prterun).
+bool launched_by_mpi() {
+  for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"}) {
+    if (std::getenv(variable) != nullptr) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+const char* name(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::avg:
+      return "avg";
+    case ReduceOp::max:
+      break;
+  }
+  return "max";
+}
+
+std::unique_ptr<Communicator> make_communicator() {
+  if (launched_by_mpi()) return make_mpi_communicator();
+  return std::make_unique<SingleProcessCommunicator>();
+}
+
+}  // namespace longnet

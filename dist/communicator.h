@@ -1,0 +1,88 @@
+// The Communicator: the ranks of one run and the collectives between them (DESIGN.md
+// section 7). A program calls make_communicator() once; under mpirun/srun it gets the MPI
+// backend, otherwise a single-process communicator (rank 0 of 1) that needs no MPI at run
+// time.
+//
+// Contract, for every backend:
+// - Tensors are defined and contiguous, and every dtype moves (f32, f64, bf16, i32, i64).
+//   The MPI backend takes CPU tensors (GPU tensors will go through NCCL).
+// - Every rank calls the same collectives in the same order with the same dtype, shape
+//   and op or root. Where a backend can see a difference it throws on every rank, naming
+//   what each rank passed, before any data moves; the MPI backend also throws on every rank
+//   when one rank's arguments are invalid (non-contiguous, wrong shape, root out of range),
+//   so no rank is left waiting in the collective.
+// - Reductions: sum and max for every dtype, avg (the sum divided by size) for floating
+//   dtypes. bf16 is reduced in f32: each rank widens its values to f32, the f32 values are
+//   reduced, and the result is rounded to bf16 once (avg divides before rounding).
+// - Floating sums may add in another order than a loop over ranks would. Every rank gets
+//   the same bits (data parallel relies on it; MPI does not promise it in general, so
+//   tests/test_dist.cpp checks it for the MPI in use).
+// - Outputs are written in place; a tensor argument is a handle, so views may be passed.
+// - Calls block until this rank's part is done. A rank that never arrives leaves the
+//   others waiting: collective timeouts are a later step (see MpiCommunicator::wait).
+// - One thread at a time may use a communicator.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "tensor/tensor.h"
+
+namespace longnet {
+
+enum class ReduceOp { sum, avg, max };
+
+const char* name(ReduceOp op);
+
+class Communicator {
+ public:
+  Communicator() = default;
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // "mpi" or "single-process".
+  virtual std::string backend() const = 0;
+
+  // t = op over ranks of every rank's t.
+  virtual void all_reduce(const Tensor& t, ReduceOp op) = 0;
+
+  // out[r] = rank r's in: out has shape [size, in.shape...] and in's dtype. The result is
+  // the concatenation along dim 0 viewed with a leading rank dim: reshape(out, {-1, ...})
+  // gives the concatenation without a copy. in may be out[rank] itself (gathers in place);
+  // any other overlap of in and out is an error.
+  virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
+
+  // out = op over ranks of every rank's in[rank]: in has shape [size, out.shape...] and
+  // out's dtype; in and out must not overlap. The inverse layout of all_gather.
+  virtual void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) = 0;
+
+  // t = root's t on every rank; root is in [0, size).
+  virtual void broadcast(const Tensor& t, int root) = 0;
+
+  // Point to point: recv(t, src, tag) receives what rank src sent with send(., dst, tag)
+  // (tag >= 0). Messages with the same source and tag arrive in order. send may block
+  // until the matching recv starts, so order ring passes to avoid a cycle of sends (e.g.
+  // even ranks send first). A rank cannot send to itself. recv checks the byte count
+  // against t (a message of another size is received and discarded, then an error); a
+  // different dtype with the same byte count is not detected.
+  virtual void send(const Tensor& t, int dst, int tag) = 0;
+  virtual void recv(const Tensor& t, int src, int tag) = 0;
+
+  // Returns once every rank has called it.
+  virtual void barrier() = 0;
+};
+
+// Under an MPI launcher (mpirun, srun: found from the environment, e.g.
+// OMPI_COMM_WORLD_SIZE, PMI_SIZE or PMIX_RANK) the MPI backend over all launched
+// processes, initialising MPI on first use and finalising it at exit; otherwise the
+// single-process communicator, which never touches MPI. Under a launcher in a build
+// without MPI it is an error that says how to get MPI support.
+std::unique_ptr<Communicator> make_communicator();
+
+// Whether this build has the MPI backend.
+bool built_with_mpi();
+
+}  // namespace longnet

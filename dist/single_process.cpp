@@ -1,0 +1,37 @@
+#include "dist/single_process.h"
+
+#include <limits>
+
+#include "dist/arguments.h"
+#include "tensor/copy.h"
+#include "tensor/view.h"
+
+namespace longnet {
+
+void SingleProcessCommunicator::all_reduce(const Tensor& t, ReduceOp op) {
+  check_all_reduce(t, op);
+}
+
+void SingleProcessCommunicator::all_gather(const Tensor& in, const Tensor& out) {
+  check_all_gather(in, out, 0, 1);
+  if (!is_own_slot(in, out, 0)) copy_(reshape(out, in.shape()), in);
+}
+
+void SingleProcessCommunicator::reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) {
+  check_reduce_scatter(in, out, op, 1);
+  copy_(out, reshape(in, out.shape()));
+}
+
+void SingleProcessCommunicator::broadcast(const Tensor& t, int root) {
+  check_broadcast(t, root, 1);
+}
+
+void SingleProcessCommunicator::send(const Tensor& t, int dst, int tag) {
+  check_point_to_point(t, dst, tag, std::numeric_limits<int>::max(), 0, 1, "send");
+}
+
+void SingleProcessCommunicator::recv(const Tensor& t, int src, int tag) {
+  check_point_to_point(t, src, tag, std::numeric_limits<int>::max(), 0, 1, "recv");
+}
+
+}  // namespace longnet
