@@ -1,6 +1,7 @@
 #include "attention/dilated.h"
 
 #include "attention/cpu/common.h"
+#include "attention/cpu/head_plan.h"
 #include "attention/cuda/dilated.h"
 
 #include <cmath>
@@ -30,43 +31,9 @@ void DilatedAttentionConfig::validate() const {
 
 namespace {
 
-// One branch as one head sees it: segment length, rate and the head's offset.
-struct Item {
-  std::int64_t w;
-  std::int64_t r;
-  std::int64_t j;
-};
-
-struct HeadPlan {
-  std::vector<Item> items;
-  double out_scale = 1;
-};
-
-std::vector<HeadPlan> plan_heads(const DilatedAttentionConfig& c, std::int64_t heads) {
-  auto m = static_cast<std::int64_t>(c.segment_lengths.size());
-  std::vector<HeadPlan> plans(static_cast<std::size_t>(heads));
-  if (c.mode == DilatedMode::paper) {
-    for (std::int64_t h = 0; h < heads; ++h) {
-      for (std::int64_t b = 0; b < m; ++b) {
-        std::int64_t r = c.dilation_rates[b];
-        plans[h].items.push_back({c.segment_lengths[b], r, h % r});
-      }
-    }
-    return plans;
-  }
-  // Grouped: m contiguous groups, the first heads % m of them one head larger.
-  std::int64_t head = 0;
-  for (std::int64_t g = 0; g < m; ++g) {
-    std::int64_t size = heads / m + (g < heads % m ? 1 : 0);
-    std::int64_t r = c.dilation_rates[g];
-    for (std::int64_t i = 0; i < size; ++i, ++head) {
-      plans[head].items.push_back({c.segment_lengths[g], r, g % r});
-      plans[head].out_scale = 1.0 / static_cast<double>(m);
-    }
-  }
-  return plans;
-}
-
+using cpu::HeadPlan;
+using cpu::Item;
+using cpu::plan_heads;
 using Geometry = cpu::AttentionGeometry;
 using cpu::Mat;
 using cpu::MutRows;

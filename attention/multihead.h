@@ -52,6 +52,9 @@ class MultiheadDilatedAttention final : public Cloneable<MultiheadDilatedAttenti
                    std::int64_t position_offset = 0) const;
 
   const MultiheadAttentionConfig& config() const { return config_; }
+  // Replaces the attention kernel, e.g. by a sequence-parallel one computing the same
+  // semantics (config().attention) over several ranks.
+  void set_attention(std::shared_ptr<const Attention> kernel) { kernel_ = std::move(kernel); }
 
  private:
   MultiheadAttentionConfig config_;

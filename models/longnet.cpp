@@ -68,17 +68,27 @@ LongNetLM::LongNetLM(const LongNetConfig& config, Generator& gen, TensorOptions 
 Variable LongNetLM::forward(const Tensor& tokens, Generator& gen) const {
   check_tokens(tokens, "LongNetLM tokens");
   Variable x = embed_tokens_->forward(tokens);
+  std::int64_t offset = position_offset_;
   for (const auto& layer : *layers_) {
     if (config_.recompute) {
-      auto run = [layer](const Variable& input, Generator& g) {
-        return layer->forward(input, Variable(), g);
+      auto run = [layer, offset](const Variable& input, Generator& g) {
+        return layer->forward(input, Variable(), g, offset);
       };
       x = checkpoint(run, x, gen, layer->parameters());
     } else {
-      x = layer->forward(x, Variable(), gen);
+      x = layer->forward(x, Variable(), gen, offset);
     }
   }
   return output_projection_->forward(in_dtype(layer_norm_->forward(x), config_.compute_dtype));
+}
+
+void LongNetLM::use_sequence_parallel(std::int64_t n, Communicator& comm) {
+  for (const auto& layer : *layers_) {
+    MultiheadDilatedAttention& attention = layer->self_attention();
+    attention.set_attention(
+        make_sequence_parallel_attention(attention.config().attention, n, comm));
+  }
+  position_offset_ = sequence_slice(n, comm.rank(), comm.size()).begin;
 }
 
 LongNet::LongNet(const LongNetConfig& config, Generator& gen, TensorOptions options)

@@ -2,6 +2,7 @@
 // language model. Token ids are i64 or i32 tensors (B, N); logits are (B, N, vocab).
 #pragma once
 
+#include "attention/sequence_parallel.h"
 #include "models/transformer.h"
 #include "nn/embedding.h"
 #include "nn/module_list.h"
@@ -43,8 +44,15 @@ class LongNetLM final : public Cloneable<LongNetLM> {
   Variable forward(const Tensor& tokens, Generator& gen) const;
   const LongNetConfig& config() const { return config_; }
 
+  // Sequence parallel (attention/sequence_parallel.h): from now on forward takes this rank's
+  // slice of each sequence of n tokens (positions sequence_slice(n, rank, ranks)), every
+  // layer's self-attention runs over all ranks' slices, and RoPE/XPOS positions start at the
+  // slice's first. The logits are this slice's. comm must outlive the model's use.
+  void use_sequence_parallel(std::int64_t n, Communicator& comm);
+
  private:
   LongNetConfig config_;
+  std::int64_t position_offset_ = 0;  // of the first token forward sees
   std::shared_ptr<Embedding> embed_tokens_;
   std::shared_ptr<ModuleList<DecoderLayer>> layers_;
   std::shared_ptr<LayerNorm> layer_norm_;

@@ -84,6 +84,7 @@ class DecoderLayer final : public Cloneable<DecoderLayer> {
   // x (B, N, d_model), memory (B, M, d_model) or undefined without cross-attention.
   Variable forward(const Variable& x, const Variable& memory, Generator& gen,
                    std::int64_t position_offset = 0) const;
+  MultiheadDilatedAttention& self_attention() const { return *self_attn_; }
 
  private:
   double dropout_;

@@ -1,0 +1,30 @@
+// How each head of dilated attention sees the branches (DESIGN.md section 5): the CPU
+// kernels of dilated attention and of its sequence-parallel form walk these plans.
+#pragma once
+
+#include <vector>
+
+#include "attention/dilated.h"
+
+namespace longnet::cpu {
+
+// One branch as one head sees it: segment length, rate, the head's offset and the branch's
+// index in the config.
+struct Item {
+  std::int64_t w;
+  std::int64_t r;
+  std::int64_t j;
+  std::int64_t branch;
+};
+
+struct HeadPlan {
+  std::vector<Item> items;
+  double out_scale = 1;
+};
+
+// Paper mode: every head sees every branch with offset h mod r. Grouped mode: m contiguous
+// groups, the first heads % m of them one head larger; group g sees branch g with offset
+// g mod r_g, and its output is scaled by 1/m.
+std::vector<HeadPlan> plan_heads(const DilatedAttentionConfig& c, std::int64_t heads);
+
+}  // namespace longnet::cpu

@@ -1,0 +1,214 @@
+// Sequence-parallel dilated attention (attention/sequence_parallel.h) against dilated
+// attention of the whole sequence on one process. Built into test-dist (one rank) and
+// test-dist-mpi (mpirun -np 2 and -np 3): every rank draws the whole sequence from the same
+// seed, runs the reference on all of it and the sequence-parallel op on its slice, and the
+// worst error of any rank is checked.
+#include <doctest/doctest.h>
+
+#include "attention/sequence_parallel.h"
+#include "autograd/ops.h"
+#include "models/longnet.h"
+#include "nn/loss.h"
+#include "tensor/copy.h"
+#include "tensor/creation.h"
+#include "tensor/view.h"
+#include "tests/dist_world.h"
+#include "tests/error_of.h"
+#include "tests/gpu_check.h"
+
+namespace longnet {
+namespace {
+
+using testing::contains;
+using testing::error_of;
+using testing::everywhere;
+using testing::relative_error;
+using testing::world;
+using testing::worst;
+
+struct Case {
+  const char* name;
+  std::int64_t batch, n, heads, d, dv;
+  DilatedAttentionConfig config;
+};
+
+// Segments that cross the slice boundaries of 2 and 3 ranks (and some that do not), odd n,
+// rates above a segment's length, w beyond n, uneven head groups.
+std::vector<Case> cases() {
+  return {
+      {"paper, causal, crossing and local branches",
+       2,
+       37,
+       4,
+       8,
+       8,
+       {{4, 8, 64}, {1, 2, 3}, DilatedMode::paper, true}},
+      {"paper, not causal, Dv != D",
+       1,
+       41,
+       3,
+       6,
+       5,
+       {{5, 12, 20}, {1, 3, 2}, DilatedMode::paper, false}},
+      {"grouped, causal, uneven groups",
+       2,
+       45,
+       5,
+       4,
+       4,
+       {{6, 16, 40}, {1, 2, 4}, DilatedMode::grouped, true}},
+      {"grouped, not causal, rate above segment length",
+       1,
+       30,
+       4,
+       4,
+       4,
+       {{3, 10}, {4, 2}, DilatedMode::grouped, false}},
+      {"dense (one segment over everything)",
+       1,
+       23,
+       2,
+       8,
+       8,
+       {{23}, {1}, DilatedMode::paper, true}},
+  };
+}
+
+// Rows [begin, end) of dim `dim`.
+Tensor rows(const Tensor& t, std::int64_t dim, SequenceSlice s) {
+  return contiguous(narrow(t, dim, s.begin, s.end - s.begin));
+}
+
+TEST_SUITE("dist") {
+  TEST_CASE("sequence-parallel attention equals whole-sequence attention, values and gradients") {
+    Communicator& comm = world();
+    for (const Case& c : cases()) {
+      for (DType dtype : {DType::f64, DType::f32}) {
+        CAPTURE(c.name);
+        CAPTURE(dtype);
+        Generator gen(77);  // the same whole sequence on every rank
+        Tensor q = randn({c.batch, c.n, c.heads, c.d}, gen, {dtype});
+        Tensor k = randn({c.batch, c.n, c.heads, c.d}, gen, {dtype});
+        Tensor v = randn({c.batch, c.n, c.heads, c.dv}, gen, {dtype});
+        Tensor dout = randn({c.batch, c.n, c.heads, c.dv}, gen, {dtype});
+        AttentionOutput want = dilated_attention_forward(q, k, v, c.config);
+        AttentionGrads want_grads =
+            dilated_attention_backward(q, k, v, want.out, want.lse, dout, c.config);
+
+        SequenceSlice mine = sequence_slice(c.n, comm.rank(), comm.size());
+        Tensor ql = rows(q, 1, mine);
+        Tensor kl = rows(k, 1, mine);
+        Tensor vl = rows(v, 1, mine);
+        AttentionOutput got = sequence_parallel_attention_forward(ql, kl, vl, c.config, c.n, comm);
+        AttentionGrads grads = sequence_parallel_attention_backward(
+            ql, kl, vl, got.out, got.lse, rows(dout, 1, mine), c.config, c.n, comm);
+
+        double tol = dtype == DType::f64 ? 1e-12 : 1e-5;
+        CHECK(worst(relative_error(got.out, rows(want.out, 1, mine))) < tol);
+        CHECK(worst(relative_error(got.lse, rows(want.lse, 2, mine))) < tol);
+        CHECK(worst(relative_error(grads.dq, rows(want_grads.dq, 1, mine))) < tol);
+        CHECK(worst(relative_error(grads.dk, rows(want_grads.dk, 1, mine))) < tol);
+        CHECK(worst(relative_error(grads.dv, rows(want_grads.dv, 1, mine))) < tol);
+      }
+    }
+  }
+
+  TEST_CASE("the sequence-parallel op's gradients reach q, k and v") {
+    Communicator& comm = world();
+    DilatedAttentionConfig config{{4, 16}, {1, 4}, DilatedMode::paper, true};
+    std::int64_t n = 29;
+    Generator gen(5);
+    Tensor q = randn({1, n, 4, 4}, gen, {DType::f64});
+    Tensor k = randn({1, n, 4, 4}, gen, {DType::f64});
+    Tensor v = randn({1, n, 4, 4}, gen, {DType::f64});
+    Tensor w = randn({1, n, 4, 4}, gen, {DType::f64});
+    Variable qa(q, true);
+    Variable ka(k, true);
+    Variable va(v, true);
+    sum(dilated_attention(qa, ka, va, config) * Variable(w)).backward();
+
+    SequenceSlice mine = sequence_slice(n, comm.rank(), comm.size());
+    Variable ql(rows(q, 1, mine), true);
+    Variable kl(rows(k, 1, mine), true);
+    Variable vl(rows(v, 1, mine), true);
+    Variable out = sequence_parallel_dilated_attention(ql, kl, vl, config, n, comm);
+    sum(out * Variable(rows(w, 1, mine))).backward();
+    CHECK(worst(relative_error(ql.grad(), rows(qa.grad(), 1, mine))) < 1e-12);
+    CHECK(worst(relative_error(kl.grad(), rows(ka.grad(), 1, mine))) < 1e-12);
+    CHECK(worst(relative_error(vl.grad(), rows(va.grad(), 1, mine))) < 1e-12);
+  }
+
+  TEST_CASE("a LongNetLM over sequence-parallel ranks equals one process: logits and gradients") {
+    Communicator& comm = world();
+    for (bool recompute : {false, true}) {
+      CAPTURE(recompute);
+      LongNetConfig c;
+      c.vocab_size = 13;
+      c.d_model = 16;
+      c.num_heads = 4;
+      c.encoder_layers = 0;
+      c.decoder_layers = 2;
+      c.d_ff = 32;
+      c.attention = DilatedAttentionConfig{{4, 8, 32}, {1, 2, 4}, DilatedMode::paper};
+      c.recompute = recompute;
+      std::int64_t n = 31;
+      Generator data_gen(11);
+      Tensor tokens = randint(0, c.vocab_size, {2, n + 1}, data_gen);
+      Tensor inputs = contiguous(narrow(tokens, 1, 0, n));
+      Tensor targets = contiguous(narrow(tokens, 1, 1, n));
+
+      Generator gen(4);
+      LongNetLM whole(c, gen, {DType::f64});
+      Generator same_gen(4);
+      LongNetLM sliced(c, same_gen, {DType::f64});
+      Variable logits = whole.forward(inputs, gen);
+      cross_entropy(logits, targets).backward();
+
+      // Each rank's mean loss weighted by its share of the tokens: the ranks' gradients then
+      // sum to the gradient of the mean over the whole sequence.
+      sliced.use_sequence_parallel(n, comm);
+      SequenceSlice mine = sequence_slice(n, comm.rank(), comm.size());
+      Variable mine_logits = sliced.forward(rows(inputs, 1, mine), gen);
+      double share = static_cast<double>(mine.end - mine.begin) / static_cast<double>(n);
+      mul(cross_entropy(mine_logits, rows(targets, 1, mine)), share).backward();
+      CHECK(worst(relative_error(mine_logits.data(), rows(logits.data(), 1, mine))) < 1e-12);
+      auto want = whole.named_parameters();
+      auto got = sliced.named_parameters();
+      double error = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        Tensor g = clone(got[i].second.grad());
+        comm.all_reduce(g, ReduceOp::sum);
+        error = std::max(error, relative_error(g, want[i].second.grad()));
+      }
+      CHECK(worst(error) < 1e-12);
+    }
+  }
+
+  TEST_CASE("sequence slices cover the sequence in order, sizes within one") {
+    for (int ranks : {1, 2, 3, 7}) {
+      std::int64_t n = 23;
+      std::int64_t next = 0;
+      for (int r = 0; r < ranks; ++r) {
+        SequenceSlice s = sequence_slice(n, r, ranks);
+        CHECK(s.begin == next);
+        CHECK((s.end - s.begin == n / ranks || s.end - s.begin == n / ranks + 1));
+        next = s.end;
+      }
+      CHECK(next == n);
+    }
+    CHECK(contains(error_of([] { sequence_slice(2, 0, 3); }), "need 0 <= rank < ranks <= n"));
+  }
+
+  TEST_CASE("sequence-parallel attention names a slice of the wrong length") {
+    Communicator& comm = world();
+    DilatedAttentionConfig config{{8}, {1}, DilatedMode::paper, true};
+    Tensor t = zeros({1, 100, 2, 4}, {DType::f32});
+    std::string error =
+        error_of([&] { sequence_parallel_attention_forward(t, t, t, config, 1000, comm); });
+    CHECK(everywhere(contains(error, "holds positions [")));
+    CHECK(everywhere(contains(error, "so q, k and v need")));
+  }
+}
+
+}  // namespace
+}  // namespace longnet
