@@ -342,23 +342,50 @@ Layout check_layout(const Tensor& q, const Tensor& k, const Tensor& v,
                     const char* op) {
   config.validate();
   for (const Tensor* t : {&q, &k, &v}) {
-    LN_CHECK(!t->defined() || t->device().is_cpu(), op,
-             ": takes CPU tensors (the MPI communicator's), got ", describe(*t),
-             "; the GPU path comes with the NCCL communicator");
+    check_defined(*t, op);
+    LN_CHECK(t->dim() == 4, op, ": q, k and v must be (batch, seq, heads, head_dim), got ",
+             describe(*t));
   }
-  cpu::AttentionGeometry g = cpu::check_attention_inputs(q, k, v, op);
   LN_CHECK(n >= comm.size(), op, ": ", n, " positions cannot be split over ", comm.size(),
            " ranks (each needs at least one)");
   SequenceSlice mine = sequence_slice(n, comm.rank(), comm.size());
-  LN_CHECK(g.nq == g.nk && g.nq == mine.end - mine.begin, op, ": rank ", comm.rank(), " of ",
-           comm.size(), " holds positions [", mine.begin, ", ", mine.end, ") of ", n,
+  LN_CHECK(q.size(1) == k.size(1) && q.size(1) == mine.end - mine.begin, op, ": rank ", comm.rank(),
+           " of ", comm.size(), " holds positions [", mine.begin, ", ", mine.end, ") of ", n,
            ", so q, k and v need ", mine.end - mine.begin, " rows, got q ", describe(q), ", k ",
            describe(k));
-  Layout lay{n, g.batch, g.nq, g.heads, g.d, g.dv, comm.rank(), comm.size(), {}};
+  Layout lay{n,         q.size(0),   q.size(1),   q.size(2), q.size(3),
+             v.size(3), comm.rank(), comm.size(), {}};
   for (int r = 0; r <= comm.size(); ++r) {
     lay.begin.push_back(r == comm.size() ? n : sequence_slice(n, r, comm.size()).begin);
   }
   return lay;
+}
+
+// The first branch whose segments cross a slice boundary, or -1 when every segment lies in
+// one rank's slice: then each rank's part is plain dilated attention over its own rows
+// (every slice starts at a segment start of every branch).
+std::int64_t first_crossing(const Layout& lay, const DilatedAttentionConfig& config) {
+  for (std::size_t b = 0; b < config.segment_lengths.size(); ++b) {
+    Item item{config.segment_lengths[b], config.dilation_rates[b], 0, static_cast<std::int64_t>(b)};
+    if (lay.crosses(item)) return static_cast<std::int64_t>(b);
+  }
+  return -1;
+}
+
+// Crossing branches exchange rows through the CPU kernels only so far.
+void check_crossing_on_cpu(const Layout& lay, const DilatedAttentionConfig& config,
+                           std::int64_t crossing, const Tensor& q, const char* op) {
+  if (q.device().is_cpu()) return;
+  std::int64_t w = config.segment_lengths[crossing];
+  std::int64_t boundary = 0;
+  for (int r = 1; r < lay.ranks && boundary == 0; ++r) {
+    if (lay.begin[r] % std::min(w, lay.n) != 0) boundary = lay.begin[r];
+  }
+  LN_CHECK(false, op, ": on ", str(q.device()), " every segment must lie inside one rank's ",
+           "slice, but branch ", crossing, " (w = ", w, ", r = ", config.dilation_rates[crossing],
+           ") has a segment across the slice boundary at position ", boundary, " of ", lay.n,
+           "; use segment lengths that divide n / ranks = ", lay.n / lay.ranks,
+           " (with n a multiple of the ranks), or CPU tensors");
 }
 
 template <class T>
@@ -420,6 +447,10 @@ AttentionOutput sequence_parallel_attention_forward(const Tensor& q, const Tenso
                                                     std::int64_t n, Communicator& comm) {
   const char* op = "sequence_parallel_attention";
   Layout lay = check_layout(q, k, v, config, n, comm, op);
+  std::int64_t crossing = first_crossing(lay, config);
+  if (crossing < 0) return dilated_attention_forward(q, k, v, config);
+  check_crossing_on_cpu(lay, config, crossing, q, op);
+  cpu::check_attention_inputs(q, k, v, op);
   if (cpu::attention_compute_dtype(q.dtype()) == DType::f64) {
     return forward_in<double>(lay, config, q, k, v, comm);
   }
@@ -433,6 +464,10 @@ AttentionGrads sequence_parallel_attention_backward(const Tensor& q, const Tenso
                                                     std::int64_t n, Communicator& comm) {
   const char* op = "sequence_parallel_attention_backward";
   Layout lay = check_layout(q, k, v, config, n, comm, op);
+  std::int64_t crossing = first_crossing(lay, config);
+  if (crossing < 0) return dilated_attention_backward(q, k, v, out, lse, dout, config);
+  check_crossing_on_cpu(lay, config, crossing, q, op);
+  cpu::check_attention_inputs(q, k, v, op);
   LN_CHECK(out.shape() == Shape({lay.batch, lay.local, lay.heads, lay.dv}) &&
                dout.shape() == out.shape() &&
                lse.shape() == Shape({lay.batch, lay.heads, lay.local}) && out.device().is_cpu() &&

@@ -11,10 +11,14 @@
 // gathers the packed rows again instead of keeping them. Memory per rank: the slice plus,
 // per crossing branch, every rank's packed rows (about n / r rows per head using it).
 //
-// Inputs: q, k, v of one rank's slice, (B, n_local, H, D) with v's own Dv, on the CPU (the
-// MPI communicator's tensors; the NCCL path comes with the GPU communicator). Every rank
-// calls with the same config, n, batch, heads and head dims, in the same order relative to
-// its other collectives. At least one position per rank (n >= P).
+// When no segment crosses a slice boundary (every slice starts at a segment start of every
+// branch), each rank's part is plain dilated attention over its own rows and nothing
+// travels; that case runs on any device dilated attention runs on. Crossing branches run on
+// the CPU so far (an error on a GPU, naming the branch and the boundary).
+//
+// Inputs: q, k, v of one rank's slice, (B, n_local, H, D) with v's own Dv. Every rank calls
+// with the same config, n, batch, heads and head dims, in the same order relative to its
+// other collectives. At least one position per rank (n >= P).
 #pragma once
 
 #include "attention/factory.h"

@@ -26,51 +26,33 @@ using testing::relative_error;
 using testing::world;
 using testing::worst;
 
+struct Sizes {
+  std::int64_t batch, n, heads, d, dv;
+};
+
 struct Case {
   const char* name;
-  std::int64_t batch, n, heads, d, dv;
+  Sizes sizes;
   DilatedAttentionConfig config;
 };
 
 // Segments that cross the slice boundaries of 2 and 3 ranks (and some that do not), odd n,
 // rates above a segment's length, w beyond n, uneven head groups.
 std::vector<Case> cases() {
+  using enum DilatedMode;
   return {
       {"paper, causal, crossing and local branches",
-       2,
-       37,
-       4,
-       8,
-       8,
-       {{4, 8, 64}, {1, 2, 3}, DilatedMode::paper, true}},
-      {"paper, not causal, Dv != D",
-       1,
-       41,
-       3,
-       6,
-       5,
-       {{5, 12, 20}, {1, 3, 2}, DilatedMode::paper, false}},
-      {"grouped, causal, uneven groups",
-       2,
-       45,
-       5,
-       4,
-       4,
-       {{6, 16, 40}, {1, 2, 4}, DilatedMode::grouped, true}},
+       {2, 37, 4, 8, 8},
+       {{4, 8, 64}, {1, 2, 3}, paper, true}},
+      {"paper, not causal, Dv != D", {1, 41, 3, 6, 5}, {{5, 12, 20}, {1, 3, 2}, paper, false}},
+      {"grouped, causal, uneven groups", {2, 45, 5, 4, 4}, {{6, 16, 40}, {1, 2, 4}, grouped, true}},
       {"grouped, not causal, rate above segment length",
-       1,
-       30,
-       4,
-       4,
-       4,
-       {{3, 10}, {4, 2}, DilatedMode::grouped, false}},
-      {"dense (one segment over everything)",
-       1,
-       23,
-       2,
-       8,
-       8,
-       {{23}, {1}, DilatedMode::paper, true}},
+       {1, 30, 4, 4, 4},
+       {{3, 10}, {4, 2}, grouped, false}},
+      {"dense (one segment over everything)", {1, 23, 2, 8, 8}, {{23}, {1}, paper, true}},
+      {"every segment inside a slice on 1, 2 and 3 ranks (nothing travels)",
+       {2, 48, 4, 4, 4},
+       {{4, 8}, {1, 2}, paper, true}},
   };
 }
 
@@ -87,21 +69,23 @@ TEST_SUITE("dist") {
         CAPTURE(c.name);
         CAPTURE(dtype);
         Generator gen(77);  // the same whole sequence on every rank
-        Tensor q = randn({c.batch, c.n, c.heads, c.d}, gen, {dtype});
-        Tensor k = randn({c.batch, c.n, c.heads, c.d}, gen, {dtype});
-        Tensor v = randn({c.batch, c.n, c.heads, c.dv}, gen, {dtype});
-        Tensor dout = randn({c.batch, c.n, c.heads, c.dv}, gen, {dtype});
+        const Sizes& z = c.sizes;
+        Tensor q = randn({z.batch, z.n, z.heads, z.d}, gen, {dtype});
+        Tensor k = randn({z.batch, z.n, z.heads, z.d}, gen, {dtype});
+        Tensor v = randn({z.batch, z.n, z.heads, z.dv}, gen, {dtype});
+        Tensor dout = randn({z.batch, z.n, z.heads, z.dv}, gen, {dtype});
         AttentionOutput want = dilated_attention_forward(q, k, v, c.config);
         AttentionGrads want_grads =
             dilated_attention_backward(q, k, v, want.out, want.lse, dout, c.config);
 
-        SequenceSlice mine = sequence_slice(c.n, comm.rank(), comm.size());
+        SequenceSlice mine = sequence_slice(c.sizes.n, comm.rank(), comm.size());
         Tensor ql = rows(q, 1, mine);
         Tensor kl = rows(k, 1, mine);
         Tensor vl = rows(v, 1, mine);
-        AttentionOutput got = sequence_parallel_attention_forward(ql, kl, vl, c.config, c.n, comm);
+        AttentionOutput got =
+            sequence_parallel_attention_forward(ql, kl, vl, c.config, c.sizes.n, comm);
         AttentionGrads grads = sequence_parallel_attention_backward(
-            ql, kl, vl, got.out, got.lse, rows(dout, 1, mine), c.config, c.n, comm);
+            ql, kl, vl, got.out, got.lse, rows(dout, 1, mine), c.config, c.sizes.n, comm);
 
         double tol = dtype == DType::f64 ? 1e-12 : 1e-5;
         CHECK(worst(relative_error(got.out, rows(want.out, 1, mine))) < tol);
