@@ -66,7 +66,6 @@ std::int64_t visible(std::int64_t row, std::int64_t nk, bool causal) {
 template <class T>
 void forward_kernel(const T* q, const T* k, const T* v, T* out, T* lse, const Geometry& g,
                     const std::vector<HeadPlan>& plans, T scale, bool causal) {
-  const T inf = std::numeric_limits<T>::infinity();
   std::int64_t qrow = g.heads * g.d;  // element stride between positions
   std::int64_t vrow = g.heads * g.dv;
 #pragma omp parallel for schedule(dynamic)
@@ -77,43 +76,23 @@ void forward_kernel(const T* q, const T* k, const T* v, T* out, T* lse, const Ge
     const T* qh = q + b * g.nq * qrow + h * g.d;
     const T* kh = k + b * g.nk * qrow + h * g.d;
     const T* vh = v + b * g.nk * vrow + h * g.dv;
-    // Running softmax state per query position, merged across branches and segments.
-    Mat<T> acc = Mat<T>::Zero(g.nq, g.dv);
-    std::vector<T> run_max(static_cast<std::size_t>(g.nq), -inf);
-    std::vector<T> run_sum(static_cast<std::size_t>(g.nq), T(0));
+    // Merged across branches and segments, per query position.
+    cpu::OnlineSoftmax<T> softmax(g.nq, g.dv);
     for (const Item& item : plan.items) {
       for_each_segment(item, g, [&](std::int64_t first, std::int64_t nq, std::int64_t nk) {
         Rows<T> qs(qh + first * qrow, nq, g.d, Eigen::OuterStride<>(item.r * qrow));
         Rows<T> ks(kh + first * qrow, nk, g.d, Eigen::OuterStride<>(item.r * qrow));
         Rows<T> vs(vh + first * vrow, nk, g.dv, Eigen::OuterStride<>(item.r * vrow));
-        Mat<T> p = scale * (qs * ks.transpose());
-        std::vector<T> seg_max(static_cast<std::size_t>(nq));
-        for (std::int64_t a = 0; a < nq; ++a) {
-          seg_max[a] = p.row(a).head(visible(a, nk, causal)).maxCoeff();
-        }
-        cpu::exponentiate(
-            p, [&](Eigen::Index a) { return visible(a, nk, causal); },
-            [&](Eigen::Index a) { return seg_max[a]; });
-        Mat<T> u = p * vs;
-        for (std::int64_t a = 0; a < nq; ++a) {
-          std::int64_t pos = first + a * item.r;
-          T top = std::max(run_max[pos], seg_max[a]);
-          T old_weight = run_max[pos] == -inf ? T(0) : std::exp(run_max[pos] - top);
-          T new_weight = std::exp(seg_max[a] - top);
-          acc.row(pos) = acc.row(pos) * old_weight + u.row(a) * new_weight;
-          run_sum[pos] = run_sum[pos] * old_weight + p.row(a).sum() * new_weight;
-          run_max[pos] = top;
-        }
+        Mat<T> s = scale * (qs * ks.transpose());
+        softmax.merge(
+            s, vs, [&](Eigen::Index a) { return visible(a, nk, causal); },
+            [&](Eigen::Index a) { return first + a * item.r; });
       });
     }
-    T out_scale = static_cast<T>(plan.out_scale);
+    auto out_scale = static_cast<T>(plan.out_scale);
     for (std::int64_t pos = 0; pos < g.nq; ++pos) {
-      T* o = out + (b * g.nq + pos) * vrow + h * g.dv;
-      bool selected = run_sum[pos] > T(0);
-      for (std::int64_t d = 0; d < g.dv; ++d) {
-        o[d] = selected ? acc(pos, d) / run_sum[pos] * out_scale : T(0);
-      }
-      lse[(b * g.heads + h) * g.nq + pos] = selected ? run_max[pos] + std::log(run_sum[pos]) : -inf;
+      lse[(b * g.heads + h) * g.nq + pos] =
+          softmax.finish(pos, out_scale, out + (b * g.nq + pos) * vrow + h * g.dv);
     }
   }
 }

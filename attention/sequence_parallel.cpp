@@ -77,6 +77,21 @@ struct Packed {
   Tensor v;
 };
 
+// Calls f(head, slot, local, row) for each row this rank packs for a crossing branch: head
+// h's selected position at local row `local` of the slice is packed row `row` of slot.
+template <class F>
+void for_each_packed_row(const Layout& lay, const Packed& p, F f) {
+  std::int64_t a0 = lay.begin[lay.rank];
+  for (std::int64_t h = 0; h < lay.heads; ++h) {
+    std::int64_t s = p.slot[h];
+    if (s < 0) continue;
+    std::int64_t row = 0;
+    for (std::int64_t pos = a0; pos < lay.begin[lay.rank + 1]; ++pos) {
+      if (lay.selects(p.items[s], pos)) f(h, s, pos - a0, row++);
+    }
+  }
+}
+
 template <class T>
 T* row_of(const Tensor& t, std::initializer_list<std::int64_t> index) {
   std::int64_t offset = 0;
@@ -113,21 +128,13 @@ std::vector<Packed> gather_branches(const Layout& lay, const std::vector<HeadPla
     DType ct = kc.dtype();
     Tensor mine_k = zeros({lay.batch, p.rows, slots, lay.d}, {ct});
     Tensor mine_v = zeros({lay.batch, p.rows, slots, lay.dv}, {ct});
-    std::int64_t a0 = lay.begin[lay.rank];
-    for (std::int64_t head = 0; head < lay.heads; ++head) {
-      std::int64_t s = p.slot[head];
-      if (s < 0) continue;
-      const Item& item = p.items[s];
-      std::int64_t row = 0;
-      for (std::int64_t pos = a0; pos < lay.begin[lay.rank + 1]; ++pos) {
-        if (!lay.selects(item, pos)) continue;
-        for (std::int64_t bt = 0; bt < lay.batch; ++bt) {
-          std::copy_n(row_of<T>(kc, {bt, pos - a0, head}), lay.d, row_of<T>(mine_k, {bt, row, s}));
-          std::copy_n(row_of<T>(vc, {bt, pos - a0, head}), lay.dv, row_of<T>(mine_v, {bt, row, s}));
-        }
-        ++row;
-      }
-    }
+    for_each_packed_row(
+        lay, p, [&](std::int64_t h, std::int64_t s, std::int64_t local, std::int64_t row) {
+          for (std::int64_t bt = 0; bt < lay.batch; ++bt) {
+            std::copy_n(row_of<T>(kc, {bt, local, h}), lay.d, row_of<T>(mine_k, {bt, row, s}));
+            std::copy_n(row_of<T>(vc, {bt, local, h}), lay.dv, row_of<T>(mine_v, {bt, row, s}));
+          }
+        });
     p.k = empty({lay.ranks, lay.batch, p.rows, slots, lay.d}, {ct});
     p.v = empty({lay.ranks, lay.batch, p.rows, slots, lay.dv}, {ct});
     comm.all_gather(mine_k, p.k);
@@ -198,16 +205,13 @@ template <class T>
 void forward_ranks(const Layout& lay, const std::vector<HeadPlan>& plans,
                    const std::vector<Packed>& packed, const Tensor& qc, const Tensor& kc,
                    const Tensor& vc, const Tensor& out, const Tensor& lse, T scale, bool causal) {
-  const T inf = std::numeric_limits<T>::infinity();
   std::int64_t qrow = lay.heads * lay.d;
   std::int64_t a0 = lay.begin[lay.rank];
 #pragma omp parallel for schedule(dynamic)
   for (std::int64_t task = 0; task < lay.batch * lay.heads; ++task) {
     std::int64_t bt = task / lay.heads;
     std::int64_t h = task % lay.heads;
-    Mat<T> acc = Mat<T>::Zero(lay.local, lay.dv);
-    std::vector<T> run_max(static_cast<std::size_t>(lay.local), -inf);
-    std::vector<T> run_sum(static_cast<std::size_t>(lay.local), T(0));
+    cpu::OnlineSoftmax<T> softmax(lay.local, lay.dv);
     for (const Item& item : plans[h].items) {
       const Packed& p = packed[item.branch];
       KeyRows keys{lay, p, bt, h};
@@ -222,33 +226,14 @@ void forward_ranks(const Layout& lay, const std::vector<HeadPlan>& plans,
             gather_keys(keys, kc, p.k, item, t0, ks);
             gather_keys(keys, vc, p.v, item, t0, vs);
             Mat<T> s = scale * (qs * ks.transpose());
-            std::vector<T> seg_max(static_cast<std::size_t>(nq));
-            for (std::int64_t a = 0; a < nq; ++a) {
-              seg_max[a] = s.row(a).head(visible(tq + a, nk, causal)).maxCoeff();
-            }
-            cpu::exponentiate(
-                s, [&](Eigen::Index a) { return visible(tq + a, nk, causal); },
-                [&](Eigen::Index a) { return seg_max[a]; });
-            Mat<T> u = s * vs;
-            for (std::int64_t a = 0; a < nq; ++a) {
-              std::int64_t pos = first + a * item.r;
-              T top = std::max(run_max[pos], seg_max[a]);
-              T old_weight = run_max[pos] == -inf ? T(0) : std::exp(run_max[pos] - top);
-              T new_weight = std::exp(seg_max[a] - top);
-              acc.row(pos) = acc.row(pos) * old_weight + u.row(a) * new_weight;
-              run_sum[pos] = run_sum[pos] * old_weight + s.row(a).sum() * new_weight;
-              run_max[pos] = top;
-            }
+            softmax.merge(
+                s, vs, [&](Eigen::Index a) { return visible(tq + a, nk, causal); },
+                [&](Eigen::Index a) { return first + a * item.r; });
           });
     }
     auto out_scale = static_cast<T>(plans[h].out_scale);
     for (std::int64_t pos = 0; pos < lay.local; ++pos) {
-      T* o = row_of<T>(out, {bt, pos, h});
-      bool selected = run_sum[pos] > T(0);
-      for (std::int64_t c = 0; c < lay.dv; ++c) {
-        o[c] = selected ? acc(pos, c) / run_sum[pos] * out_scale : T(0);
-      }
-      *row_of<T>(lse, {bt, h, pos}) = selected ? run_max[pos] + std::log(run_sum[pos]) : -inf;
+      *row_of<T>(lse, {bt, h, pos}) = softmax.finish(pos, out_scale, row_of<T>(out, {bt, pos, h}));
     }
   }
 }
@@ -318,23 +303,15 @@ void backward_ranks(const Layout& lay, const std::vector<HeadPlan>& plans,
 // gradient: the inverse of the packing in gather_branches.
 template <class T>
 void unpack_add(const Layout& lay, const Packed& p, const Tensor& mine, const Tensor& grad) {
-  std::int64_t a0 = lay.begin[lay.rank];
   std::int64_t width = grad.size(3);
-  for (std::int64_t h = 0; h < lay.heads; ++h) {
-    std::int64_t s = p.slot[h];
-    if (s < 0) continue;
-    const Item& item = p.items[s];
-    std::int64_t row = 0;
-    for (std::int64_t pos = a0; pos < lay.begin[lay.rank + 1]; ++pos) {
-      if (!lay.selects(item, pos)) continue;
-      for (std::int64_t bt = 0; bt < lay.batch; ++bt) {
-        const T* src = row_of<T>(mine, {bt, row, s});
-        T* dst = row_of<T>(grad, {bt, pos - a0, h});
-        for (std::int64_t c = 0; c < width; ++c) dst[c] += src[c];
-      }
-      ++row;
-    }
-  }
+  for_each_packed_row(lay, p,
+                      [&](std::int64_t h, std::int64_t s, std::int64_t local, std::int64_t row) {
+                        for (std::int64_t bt = 0; bt < lay.batch; ++bt) {
+                          const T* src = row_of<T>(mine, {bt, row, s});
+                          T* dst = row_of<T>(grad, {bt, local, h});
+                          for (std::int64_t c = 0; c < width; ++c) dst[c] += src[c];
+                        }
+                      });
 }
 
 Layout check_layout(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -1,5 +1,7 @@
 #include "autograd/variable.h"
 
+#include <algorithm>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "tensor/copy.h"
@@ -10,6 +12,20 @@ namespace longnet {
 
 namespace {
 thread_local bool grad_mode = true;
+thread_local int backward_depth = 0;  // backward() calls running on this thread
+
+struct BackwardDepth {
+  BackwardDepth() { ++backward_depth; }
+  ~BackwardDepth() { --backward_depth; }
+  BackwardDepth(const BackwardDepth&) = delete;
+  BackwardDepth& operator=(const BackwardDepth&) = delete;
+};
+
+// A copy of the list, so that a hook may add or remove hooks.
+void run_ready_hooks(const GradSlot& slot) {
+  auto hooks = slot.ready_hooks;
+  for (const auto& [id, hook] : hooks) hook(slot.grad);
+}
 
 VariableImpl& checked(const std::shared_ptr<VariableImpl>& impl) {
   LN_CHECK(impl != nullptr, "use of an undefined Variable");
@@ -48,6 +64,22 @@ bool Variable::is_leaf() const { return slot().grad_fn == nullptr; }
 void Variable::retain_grad() const { slot().retain_grad = true; }
 const std::shared_ptr<Node>& Variable::grad_fn() const { return slot().grad_fn; }
 
+std::size_t Variable::add_grad_ready_hook(GradReadyHook hook) const {
+  LN_CHECK(is_leaf() && requires_grad(),
+           "add_grad_ready_hook: needs a leaf that requires grad, got ",
+           is_leaf() ? "a leaf that requires none" : "a non-leaf", ": ", describe(data()));
+  GradSlot& s = slot();
+  s.ready_hooks.emplace_back(s.next_hook_id, std::move(hook));
+  return s.next_hook_id++;
+}
+
+void Variable::remove_grad_ready_hook(std::size_t id) const {
+  auto& hooks = slot().ready_hooks;
+  auto it = std::find_if(hooks.begin(), hooks.end(), [&](const auto& h) { return h.first == id; });
+  LN_CHECK(it != hooks.end(), "remove_grad_ready_hook: this variable has no hook with id ", id);
+  hooks.erase(it);
+}
+
 Variable Variable::detach() const { return Variable(data(), false); }
 
 Variable make_result(Tensor out, const std::vector<Variable>& inputs, const char* op,
@@ -69,6 +101,8 @@ Variable make_result(Tensor out, const std::vector<Variable>& inputs, const char
 }
 
 void Variable::backward(const Tensor& grad, bool keep_graph) const {
+  BackwardDepth depth;
+  bool outermost = backward_depth == 1;
   GradSlot& root = slot();
   LN_CHECK(root.requires_grad, "backward() on a variable that does not require grad");
   Tensor seed = grad;
@@ -119,8 +153,22 @@ void Variable::backward(const Tensor& grad, bool keep_graph) const {
 
   if (!root.grad_fn) {
     accumulate(root, seed, "backward");
+    if (outermost) run_ready_hooks(root);
     return;
   }
+
+  // Leaves with ready hooks: how many edges from the pass's nodes still have to run.
+  std::unordered_map<GradSlot*, std::int64_t> pending;
+  if (outermost) {
+    for (const auto& s : order) {
+      for (const auto& input : s->grad_fn->inputs) {
+        if (input && !input->grad_fn && input->requires_grad && !input->ready_hooks.empty()) {
+          ++pending[input.get()];
+        }
+      }
+    }
+  }
+
   if (!root.retain_grad) root.grad = Tensor();
   accumulate(root, seed, "backward");
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
@@ -131,16 +179,22 @@ void Variable::backward(const Tensor& grad, bool keep_graph) const {
              "backward()");
     Tensor g = slot.grad;
     if (!slot.retain_grad) slot.grad = Tensor();
-    if (!g.defined()) continue;
-    std::vector<Tensor> grads = node.backward(g);
-    LN_CHECK(grads.size() == node.inputs.size(), "internal: backward of ", node.op, " returned ",
-             grads.size(), " gradients for ", node.inputs.size(), " inputs");
-    for (std::size_t i = 0; i < grads.size(); ++i) {
-      const std::shared_ptr<GradSlot>& input = node.inputs[i];
-      if (input && input->requires_grad && grads[i].defined()) {
-        accumulate(*input, grads[i], node.op);
+    if (g.defined()) {
+      std::vector<Tensor> grads = node.backward(g);
+      LN_CHECK(grads.size() == node.inputs.size(), "internal: backward of ", node.op, " returned ",
+               grads.size(), " gradients for ", node.inputs.size(), " inputs");
+      for (std::size_t i = 0; i < grads.size(); ++i) {
+        const std::shared_ptr<GradSlot>& input = node.inputs[i];
+        if (input && input->requires_grad && grads[i].defined()) {
+          accumulate(*input, grads[i], node.op);
+        }
       }
     }
+    for (const auto& input : node.inputs) {
+      auto it = pending.find(input.get());
+      if (it != pending.end() && --it->second == 0) run_ready_hooks(*input);
+    }
+    if (!g.defined()) continue;
     if (!keep_graph) {
       node.backward = nullptr;
       node.inputs.clear();

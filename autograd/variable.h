@@ -14,6 +14,11 @@ struct GradSlot;
 struct Node;
 struct VariableImpl;
 
+// Called when a backward pass has added everything it will add to a leaf's gradient; grad
+// is the leaf's gradient then (earlier passes' accumulation included; undefined when no
+// pass gave it one).
+using GradReadyHook = std::function<void(const Tensor& grad)>;
+
 class Variable {
  public:
   Variable() = default;
@@ -32,6 +37,15 @@ class Variable {
   // Keep the gradient of this non-leaf after backward (for inspection and tests).
   void retain_grad() const;
   const std::shared_ptr<Node>& grad_fn() const;
+
+  // Gradient-ready hooks of a leaf that requires grad (data parallel starts reducing a
+  // gradient from one). In each backward() that reaches the leaf, its hooks run once, in
+  // the order they were added, right after the last node feeding the leaf has run (even
+  // if none produced a gradient for it), so leaves' hooks run in the order their gradients
+  // become final. Backward passes nested in a node's backward function (recomputation)
+  // run none: the outer pass runs them after that node. Returns an id for removal.
+  std::size_t add_grad_ready_hook(GradReadyHook hook) const;
+  void remove_grad_ready_hook(std::size_t id) const;  // an unknown id is an error
 
   const Shape& shape() const { return data().shape(); }
   std::int64_t dim() const { return data().dim(); }
@@ -67,6 +81,8 @@ struct GradSlot {
   std::shared_ptr<Node> grad_fn;
   Shape shape;
   DType dtype = DType::f32;
+  std::vector<std::pair<std::size_t, GradReadyHook>> ready_hooks;  // (id, hook)
+  std::size_t next_hook_id = 0;
 };
 
 // One recorded op: its inputs' slots (null for undefined inputs) and the function from the

@@ -19,7 +19,13 @@
 //   tests/test_dist.cpp checks it for the MPI in use).
 // - Outputs are written in place; a tensor argument is a handle, so views may be passed.
 // - Calls block until this rank's part is done. A rank that never arrives leaves the
-//   others waiting: collective timeouts are a later step (see MpiCommunicator::wait).
+//   others waiting: collective timeouts are a later step (see wait_for in dist/mpi.cpp).
+// - The *_async calls start a collective and return a Work to wait on later. They check
+//   and agree on their arguments when they start, exactly as the blocking calls do (the
+//   MPI backend gathers every rank's arguments there: a small blocking all-gather, so every
+//   rank must reach the call; a mismatch throws at the call on every rank, before any data
+//   moves); then the data move in the background. Any number may be in flight, together
+//   with blocking calls: every rank starts collectives in the same order, whichever kind.
 // - One thread at a time may use a communicator.
 #pragma once
 
@@ -33,6 +39,23 @@ namespace longnet {
 enum class ReduceOp { sum, avg, max };
 
 const char* name(ReduceOp op);
+
+// A collective that an *_async call started. Until wait() returns, its tensors must be
+// neither read nor written. Destroying a Work that has not finished waits for it (a
+// started collective cannot be cancelled).
+class Work {
+ public:
+  Work() = default;
+  Work(const Work&) = delete;
+  Work& operator=(const Work&) = delete;
+  virtual ~Work() = default;
+
+  // Moves the collective on without blocking; true once it has finished (wait() then
+  // returns at once).
+  virtual bool test() = 0;
+  // Returns once this rank's part is done and the result is in place.
+  virtual void wait() = 0;
+};
 
 class Communicator {
  public:
@@ -48,12 +71,16 @@ class Communicator {
 
   // t = op over ranks of every rank's t.
   virtual void all_reduce(const Tensor& t, ReduceOp op) = 0;
+  // all_reduce, started: the result is in t once the Work's wait() returns.
+  virtual std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) = 0;
 
   // out[r] = rank r's in: out has shape [size, in.shape...] and in's dtype. The result is
   // the concatenation along dim 0 viewed with a leading rank dim: reshape(out, {-1, ...})
   // gives the concatenation without a copy. in may be out[rank] itself (gathers in place);
   // any other overlap of in and out is an error.
   virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
+  // all_gather, started: the result is in out once the Work's wait() returns.
+  virtual std::unique_ptr<Work> all_gather_async(const Tensor& in, const Tensor& out) = 0;
 
   // out = op over ranks of every rank's in[rank]: in has shape [size, out.shape...] and
   // out's dtype; in and out must not overlap. The inverse layout of all_gather.

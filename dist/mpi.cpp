@@ -1,7 +1,8 @@
 // The MPI backend. Collectives and point-to-point calls are started non-blocking and
-// completed in wait_for(), the one place that waits on other ranks. Before a collective
-// moves any data, every rank's arguments are gathered (agree()), so invalid or mismatched
-// arguments on any rank make every rank throw instead of hanging or moving garbage.
+// completed in wait_for(), the one place that waits on other ranks; a blocking all_reduce
+// or all_gather is its async version waited on at once. Before a collective moves any
+// data, every rank's arguments are gathered (agree()), so invalid or mismatched arguments
+// on any rank make every rank throw instead of hanging or moving garbage.
 #include "dist/mpi.h"
 
 #include <mpi.h>
@@ -90,6 +91,56 @@ void finish_reduction(const Tensor& acc, const Tensor& out, ReduceOp op, int siz
   if (acc.raw_data() != out.raw_data()) copy_(out, acc);
 }
 
+// Polls until done() is true: the one place this backend waits on other ranks. Collective
+// timeouts (a later step of issue 7) go here: a deadline, then a message naming call and
+// every rank stopped (MPI_Abort), instead of waiting forever for a rank that died.
+void wait_for([[maybe_unused]] const char* call, const std::function<bool()>& done) {
+  while (!done()) {
+  }
+}
+
+// A started collective. It holds the buffers MPI reads and writes until the request
+// completes; then finish (when given) runs: a reduction's avg and bf16 rounding.
+class MpiWork final : public Work {
+ public:
+  MpiWork(const char* call, MPI_Request request, std::vector<Tensor> buffers,
+          std::function<void()> finish = {})
+      : call_(call), request_(request), buffers_(std::move(buffers)), finish_(std::move(finish)) {}
+
+  ~MpiWork() override {
+    // MPI cannot cancel a collective, and its buffers must outlive it. An error here has
+    // nowhere to go: the caller has stopped waiting already.
+    try {
+      wait();
+    } catch (const Error&) {
+    }
+  }
+
+  bool test() override {
+    if (!done_) {
+      int complete = 0;
+      LN_MPI_CHECK(MPI_Test(&request_, &complete, MPI_STATUS_IGNORE));
+      if (complete) {
+        done_ = true;
+        if (finish_) finish_();
+        buffers_.clear();
+      }
+    }
+    return done_;
+  }
+
+  void wait() override {
+    wait_for(call_, [&] { return test(); });
+  }
+
+ private:
+  const char* call_;
+  MPI_Request request_;
+  std::vector<Tensor> buffers_;
+  std::function<void()> finish_;
+  bool done_ = false;
+};
+
 // What every rank must pass alike to a collective, and whether this rank's arguments were
 // valid: gathered from every rank before any data moves.
 struct Signature {
@@ -157,7 +208,9 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
-  void all_reduce(const Tensor& t, ReduceOp op) override {
+  void all_reduce(const Tensor& t, ReduceOp op) override { all_reduce_async(t, op)->wait(); }
+
+  std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) override {
     agree(
         "all_reduce",
         [&] {
@@ -170,11 +223,16 @@ class MpiCommunicator final : public Communicator {
     MPI_Request request = MPI_REQUEST_NULL;
     LN_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, acc.raw_data(), static_cast<int>(acc.numel()),
                                 mpi_type(acc.dtype()), mpi_op(op), comm_, &request));
-    wait(request, "all_reduce");
-    finish_reduction(acc, t, op, size_);
+    int size = size_;
+    return std::make_unique<MpiWork>("all_reduce", request, std::vector<Tensor>{acc},
+                                     [acc, t, op, size] { finish_reduction(acc, t, op, size); });
   }
 
   void all_gather(const Tensor& in, const Tensor& out) override {
+    all_gather_async(in, out)->wait();
+  }
+
+  std::unique_ptr<Work> all_gather_async(const Tensor& in, const Tensor& out) override {
     agree(
         "all_gather",
         [&] {
@@ -188,7 +246,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Request request = MPI_REQUEST_NULL;
     LN_MPI_CHECK(MPI_Iallgather(send, count, mpi_type(in.dtype()), out.raw_data(), count,
                                 mpi_type(in.dtype()), comm_, &request));
-    wait(request, "all_gather");
+    return std::make_unique<MpiWork>("all_gather", request, std::vector<Tensor>{in, out});
   }
 
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
@@ -317,14 +375,6 @@ class MpiCommunicator final : public Communicator {
       LN_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
       return done != 0;
     });
-  }
-
-  // Polls until done() is true: the one place this backend waits on other ranks. Collective
-  // timeouts (a later step of issue 7) go here: a deadline, then a message naming call and
-  // every rank stopped (MPI_Abort), instead of waiting forever for a rank that died.
-  static void wait_for([[maybe_unused]] const char* call, const std::function<bool()>& done) {
-    while (!done()) {
-    }
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;

@@ -9,6 +9,9 @@
 #include "autograd/ops.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tensor/elementwise.h"
+#include "tensor/matmul.h"
+#include "tensor/view.h"
 #include "tests/error_of.h"
 
 namespace longnet {
@@ -195,6 +198,90 @@ TEST_SUITE("autograd") {
     CHECK_FALSE(kept.expired());
     y.backward(ones({64, 64}));
     CHECK(kept.expired());  // freed with the graph
+  }
+
+  TEST_CASE("gradient-ready hooks run once per pass, in the order gradients become final") {
+    // A chain x W0 W1 W2 W3: backward finishes W3 first and W0 last. W0 also feeds a second
+    // path that backward reaches first, so its hook must wait for both contributions.
+    Generator gen(81);
+    Variable x(randn({3, 4}, gen), false);
+    std::vector<Variable> w;
+    for (int i = 0; i < 4; ++i) w.emplace_back(randn({4, 4}, gen), true);
+    std::vector<int> order;
+    std::vector<Tensor> at_hook(4);
+    for (int i = 0; i < 4; ++i) {
+      w[i].add_grad_ready_hook([&, i](const Tensor& grad) {
+        order.push_back(i);
+        at_hook[i] = clone(grad);
+      });
+    }
+    auto loss = [&] {
+      Variable h = x;
+      for (const Variable& wi : w) h = matmul(h, wi);
+      return add(sum(h), sum(square(w[0])));
+    };
+    loss().backward();
+    CHECK(order == std::vector<int>{3, 2, 1, 0});
+    for (int i = 0; i < 4; ++i) CHECK(max_abs_diff(at_hook[i], w[i].grad()) == 0);
+    // The reference: W0's gradient is x^T (1 W3^T W2^T W1^T) + 2 W0.
+    Tensor up = ones({3, 4});
+    for (int i = 3; i >= 1; --i) up = matmul(up, transpose(w[i].data(), 0, 1));
+    Tensor expected = add(matmul(transpose(x.data(), 0, 1), up), mul(w[0].data(), 2.0));
+    CHECK(max_abs_diff(at_hook[0], expected) < 1e-4);
+
+    // A second pass runs every hook once more, with the accumulated gradient.
+    for (auto& t : at_hook) fill_(t, std::nan(""));  // poisoned
+    order.clear();
+    loss().backward();
+    CHECK(order == std::vector<int>{3, 2, 1, 0});
+    CHECK(max_abs_diff(at_hook[0], mul(expected, 2.0)) < 1e-4);
+  }
+
+  TEST_CASE("gradient-ready hooks skip unreached leaves and removed hooks; a root leaf runs") {
+    Variable a = leaf({1, 2}, {2});
+    Variable b = leaf({3, 4}, {2});
+    int a_calls = 0;
+    int b_calls = 0;
+    std::size_t id = a.add_grad_ready_hook([&](const Tensor&) { ++a_calls; });
+    b.add_grad_ready_hook([&](const Tensor&) { ++b_calls; });
+    sum(mul(a, 2.0)).backward();
+    CHECK(a_calls == 1);
+    CHECK(b_calls == 0);
+    a.remove_grad_ready_hook(id);
+    sum(add(a, b)).backward();
+    CHECK(a_calls == 1);
+    CHECK(b_calls == 1);
+    Variable s(from_data<float>({5}, {}), true);
+    std::vector<float> seen;
+    s.add_grad_ready_hook([&](const Tensor& grad) { seen = grad.to_vector<float>(); });
+    s.backward();
+    CHECK(seen == std::vector<float>{1});
+    CHECK(error_of([&] { a.remove_grad_ready_hook(id); }).find("no hook with id") !=
+          std::string::npos);
+    CHECK(error_of([&] {
+            mul(a, 2.0).add_grad_ready_hook([](const Tensor&) {});
+          }).find("needs a leaf that requires grad, got a non-leaf") != std::string::npos);
+  }
+
+  TEST_CASE("gradient-ready hooks wait for a recomputed block's inner backward") {
+    Generator gen(82);
+    Variable w(randn({4, 4}, gen), true);
+    Variable x(randn({2, 4}, gen), true);
+    auto block = [&](const Variable& h, Generator&) { return tanh(matmul(h, w)); };
+    int calls = 0;
+    Tensor at_hook;
+    w.add_grad_ready_hook([&](const Tensor& grad) {
+      ++calls;
+      at_hook = clone(grad);
+    });
+    Generator unused(0);
+    Variable y = checkpoint(block, checkpoint(block, x, unused, {w}), unused, {w});
+    sum(y).backward();
+    CHECK(calls == 1);
+    Variable w_plain(w.data(), true);
+    sum(tanh(matmul(tanh(matmul(x.detach(), w_plain)), w_plain))).backward();
+    CHECK(max_abs_diff(at_hook, w_plain.grad()) < 1e-5);
+    CHECK(max_abs_diff(at_hook, w.grad()) == 0);
   }
 
   TEST_CASE("gradcheck catches a wrong gradient") {

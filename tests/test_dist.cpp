@@ -14,108 +14,177 @@
 #include <functional>
 #include <limits>
 
+#include "autograd/ops.h"
 #include "dist/communicator.h"
+#include "dist/compression.h"
+#include "dist/data_parallel.h"
+#include "nn/linear.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tensor/elementwise.h"
 #include "tensor/view.h"
+#include "tests/dist_world.h"
 #include "tests/error_of.h"
+#include "train/optim.h"
+#include "train/trainer.h"
 
 namespace longnet {
 namespace {
 
+using nlohmann::json;
 using testing::contains;
+using testing::data_of;
 using testing::error_of;
+using testing::everywhere;
+using testing::excess;
+using testing::Expected;
+using testing::reduction;
+using testing::world;
+using testing::worst;
 
 const std::vector<DType> kDTypes{DType::f32, DType::f64, DType::bf16, DType::i32, DType::i64};
 const std::vector<ReduceOp> kOps{ReduceOp::sum, ReduceOp::avg, ReduceOp::max};
-
-Communicator& world() {
-  static std::unique_ptr<Communicator> comm = make_communicator();
-  return *comm;
-}
-
-// Whether ok holds on every rank.
-bool everywhere(bool ok) {
-  Tensor flag = full({}, ok ? 0 : 1, {DType::i32});
-  world().all_reduce(flag, ReduceOp::max);
-  return flag.item() == 0;
-}
-
-// Rank r's data for a test: normal draws for floating dtypes, integers in [-1000, 1000)
-// otherwise.
-Tensor data_of(int rank, DType dtype, const Shape& shape, std::uint64_t seed) {
-  Generator gen(seed * 1009 + static_cast<std::uint64_t>(rank));
-  if (is_floating(dtype)) return randn(shape, gen, {dtype});
-  return randint(-1000, 1000, shape, gen, {dtype});
-}
 
 bool same_values(const Tensor& a, const Tensor& b) {
   return a.dtype() == b.dtype() && a.shape() == b.shape() &&
          a.to_vector<double>() == b.to_vector<double>();
 }
 
-#ifdef LONGNET_TEST_MPIRUN
-// The largest of every rank's value (NaN counts as infinity).
-double worst(double value) {
-  Tensor v =
-      full({}, std::isnan(value) ? std::numeric_limits<double>::infinity() : value, {DType::f64});
-  world().all_reduce(v, ReduceOp::max);
-  return v.item();
-}
+// Forwards every call to another communicator, counting the collectives started.
+class CountingCommunicator final : public Communicator {
+ public:
+  explicit CountingCommunicator(Communicator& inner) : inner_(inner) {}
 
-// The reduction over every rank's data_of, computed here in f64, with the error allowed at
-// each element: the dtype's tolerance times the sum of magnitudes (0 for integers and max).
-struct Expected {
-  std::vector<double> value;
-  std::vector<double> bound;
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string backend() const override { return inner_.backend(); }
+  void all_reduce(const Tensor& t, ReduceOp op) override {
+    ++calls;
+    inner_.all_reduce(t, op);
+  }
+  std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) override {
+    ++calls;
+    ++async_calls;
+    return inner_.all_reduce_async(t, op);
+  }
+  void all_gather(const Tensor& in, const Tensor& out) override {
+    ++calls;
+    inner_.all_gather(in, out);
+  }
+  std::unique_ptr<Work> all_gather_async(const Tensor& in, const Tensor& out) override {
+    ++calls;
+    ++async_calls;
+    return inner_.all_gather_async(in, out);
+  }
+  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
+    ++calls;
+    inner_.reduce_scatter(in, out, op);
+  }
+  void broadcast(const Tensor& t, int root) override {
+    ++calls;
+    inner_.broadcast(t, root);
+  }
+  void send(const Tensor& t, int dst, int tag) override { inner_.send(t, dst, tag); }
+  void recv(const Tensor& t, int src, int tag) override { inner_.recv(t, src, tag); }
+  void barrier() override {
+    ++calls;
+    inner_.barrier();
+  }
+
+  int calls = 0;
+  int async_calls = 0;
+
+ private:
+  Communicator& inner_;
 };
 
-double tolerance(DType dtype) {
-  switch (dtype) {
-    case DType::f64:
-      return 1e-14;
-    case DType::f32:
-      return 1e-6;
-    case DType::bf16:
-      return 1.0 / 256;  // one rounding of the f32 result to bf16 (the sum is below 2^-9)
-    default:
-      return 0;
+// The largest |a - b| relative to the largest |b| (NaN counts as infinity).
+double gap(const Tensor& a, const Tensor& b) {
+  auto x = a.to_vector<double>();
+  auto y = b.to_vector<double>();
+  if (x.size() != y.size()) return std::numeric_limits<double>::infinity();
+  double diff = 0;
+  double scale = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    double d = std::abs(x[i] - y[i]);
+    diff = std::isnan(d) ? std::numeric_limits<double>::infinity() : std::max(diff, d);
+    scale = std::max(scale, std::abs(y[i]));
   }
+  return scale > 0 ? diff / scale : diff;
 }
 
-Expected reduction(ReduceOp op, DType dtype, const Shape& shape, std::uint64_t seed, int size) {
-  auto n = static_cast<std::size_t>(numel(shape));
-  std::vector<double> sum(n, 0.0);
-  std::vector<double> magnitude(n, 0.0);
-  std::vector<double> max(n, -std::numeric_limits<double>::infinity());
-  for (int r = 0; r < size; ++r) {
-    auto x = data_of(r, dtype, shape, seed).to_vector<double>();
-    for (std::size_t i = 0; i < n; ++i) {
-      sum[i] += x[i];
-      magnitude[i] += std::abs(x[i]);
-      max[i] = std::max(max[i], x[i]);
+// Linear layers 6 -> 16 -> 16 -> 3 with tanh between, weights drawn from seed.
+struct Stack {
+  std::vector<std::shared_ptr<Linear>> layers;
+
+  explicit Stack(std::uint64_t seed) {
+    Generator gen(seed);
+    const std::vector<std::int64_t> width{6, 16, 16, 3};
+    for (std::size_t i = 0; i + 1 < width.size(); ++i) {
+      layers.push_back(std::make_shared<Linear>(width[i], width[i + 1], gen));
     }
   }
-  Expected e;
-  if (op == ReduceOp::max) return {max, std::vector<double>(n, 0.0)};
-  double scale = op == ReduceOp::avg ? 1.0 / size : 1.0;
-  for (std::size_t i = 0; i < n; ++i) {
-    e.value.push_back(sum[i] * scale);
-    e.bound.push_back(tolerance(dtype) * magnitude[i] * scale);
+
+  std::vector<std::pair<std::string, Variable>> named_parameters() const {
+    std::vector<std::pair<std::string, Variable>> named;
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      for (const auto& [name, p] : layers[i]->named_parameters()) {
+        named.emplace_back(cat(i, '.', name), p);
+      }
+    }
+    return named;
   }
-  return e;
+
+  std::vector<Variable> parameters() const {
+    std::vector<Variable> out;
+    for (const auto& [name, p] : named_parameters()) out.push_back(p);
+    return out;
+  }
+
+  // The mean squared error of the stack's output for x's rows against y.
+  Variable loss(const Tensor& x, const Tensor& y) const {
+    Variable h(x);
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      h = layers[i]->forward(h);
+      if (i + 1 < layers.size()) h = tanh(h);
+    }
+    return mean(square(sub(h, Variable(y))));
+  }
+};
+
+// Rank r's share of a batch: rows [r n / ranks, (r + 1) n / ranks).
+Tensor share(const Tensor& batch, int rank, int ranks) {
+  std::int64_t rows = batch.size(0) / ranks;
+  return contiguous(narrow(batch, 0, rank * rows, rows));
 }
 
-// How far got exceeds the allowed error anywhere (<= 0 when it is within).
-double excess(const Tensor& got, const Expected& e) {
-  auto g = got.to_vector<double>();
-  if (g.size() != e.value.size()) return std::numeric_limits<double>::infinity();
-  double most = -std::numeric_limits<double>::infinity();
-  for (std::size_t i = 0; i < g.size(); ++i) {
-    double over = std::abs(g[i] - e.value[i]) - e.bound[i];
-    most = std::isnan(over) ? std::numeric_limits<double>::infinity() : std::max(most, over);
+// Bucket caps in bytes, as DataParallelConfig's MB (2^20 bytes).
+double mb(double bytes) { return bytes / (1 << 20); }
+
+#ifdef LONGNET_TEST_MPIRUN
+// A small LongNetLM run without dropout (so that ranks and micro-batches see the same
+// model), with grad_accum micro-batches per step, over a fixed byte corpus in memory.
+TrainConfig tiny_config(std::int64_t grad_accum) {
+  json j = json::parse(R"({
+    "model": {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32,
+              "segment_lengths": [8], "dilation_rates": [1]},
+    "data": {"train_path": "in memory", "seq_len": 8, "batch_size": 2},
+    "optim": {"lr": 0.01},
+    "train": {"steps": 10, "out_dir": "unused"}
+  })");
+  j["train"]["grad_accum"] = grad_accum;
+  return parse_train_config(j, "tiny");
+}
+
+CorpusSplit tiny_data() {
+  CorpusSplit data;
+  std::uint32_t state = 7;
+  for (int i = 0; i < 3000; ++i) {
+    state = state * 1664525U + 1013904223U;
+    data.train.tokens.push_back(static_cast<std::uint16_t>('a' + (state >> 16) % 8));
   }
-  return g.empty() ? 0 : most;
+  data.val.tokens.assign(data.train.tokens.begin(), data.train.tokens.begin() + 200);
+  return data;
 }
 #endif
 
@@ -432,6 +501,381 @@ TEST_SUITE("dist") {
     CHECK(everywhere(comm.rank() != 1 ||
                      (same_values(a, full({2}, 1)) && same_values(b, full({2}, 2)))));
     other->barrier();
+  }
+#endif
+
+  TEST_CASE("async all_reduce and all_gather give the blocking results, several in flight") {
+    Communicator& comm = world();
+    int p = comm.size();
+    Tensor sum = data_of(comm.rank(), DType::f32, {30001}, 60);
+    Tensor avg = data_of(comm.rank(), DType::bf16, {7, 5}, 61);
+    Tensor max = data_of(comm.rank(), DType::f64, {9}, 62);
+    Tensor gathered = full({p, 3, 4}, std::nan(""), {DType::f64});  // poisoned
+    auto sum_work = comm.all_reduce_async(sum, ReduceOp::sum);
+    auto avg_work = comm.all_reduce_async(avg, ReduceOp::avg);
+    auto gather_work =
+        comm.all_gather_async(data_of(comm.rank(), DType::f64, {3, 4}, 63), gathered);
+    Tensor blocking = data_of(comm.rank(), DType::i64, {5}, 64);
+    comm.all_reduce(blocking, ReduceOp::sum);  // a blocking call while others are in flight
+    auto max_work = comm.all_reduce_async(max, ReduceOp::max);
+    max_work->wait();
+    gather_work->wait();
+    while (!avg_work->test()) {
+    }
+    avg_work->wait();  // returns at once after test() said done
+    sum_work->wait();
+    CHECK(worst(excess(sum, reduction(ReduceOp::sum, DType::f32, {30001}, 60, p))) <= 0);
+    CHECK(worst(excess(avg, reduction(ReduceOp::avg, DType::bf16, {7, 5}, 61, p))) <= 0);
+    CHECK(worst(excess(max, reduction(ReduceOp::max, DType::f64, {9}, 62, p))) <= 0);
+    CHECK(worst(excess(blocking, reduction(ReduceOp::sum, DType::i64, {5}, 64, p))) <= 0);
+    bool ok = true;
+    for (int r = 0; r < p; ++r) {
+      ok = ok &&
+           same_values(squeeze(narrow(gathered, 0, r, 1), 0), data_of(r, DType::f64, {3, 4}, 63));
+    }
+    CHECK(everywhere(ok));
+    std::string error =
+        error_of([&] { comm.all_reduce_async(zeros({3}, {DType::i32}), ReduceOp::avg); });
+    CHECK(everywhere(contains(error, "all_reduce: avg needs a floating dtype")));
+#ifdef LONGNET_TEST_MPIRUN
+    std::string mismatch =
+        error_of([&] { comm.all_reduce_async(zeros({comm.rank() == 0 ? 4 : 5}), ReduceOp::sum); });
+    CHECK(everywhere(contains(
+        mismatch, "all_reduce: ranks disagree (rank 0 has f32[4] sum, rank 1 has f32[5] sum")));
+#endif
+  }
+
+  TEST_CASE("data parallel on P ranks equals one process on the whole batch after 5 AdamW steps") {
+    Communicator& comm = world();
+    int p = comm.size();
+    const int rows = 4;
+    Stack replica(100 + static_cast<std::uint64_t>(comm.rank()));  // rank 0's weights must win
+    DataParallel dp(replica.parameters(), comm, {mb(100), mb(1000), 2});
+    Stack whole(100);
+    AdamWConfig adam{1e-2, 0.9, 0.95, 1e-8, 0.1};
+    AdamW replica_optimizer(replica.named_parameters(), adam);
+    AdamW whole_optimizer(whole.named_parameters(), adam);
+    for (int step = 0; step < 5; ++step) {
+      Generator gen(200 + static_cast<std::uint64_t>(step));
+      Tensor x = randn({p * rows, 6}, gen);
+      Tensor y = randn({p * rows, 3}, gen);
+      replica.loss(share(x, comm.rank(), p), share(y, comm.rank(), p)).backward();
+      dp.synchronize();
+      replica_optimizer.step(adam.lr);
+      for (const Variable& v : replica.parameters()) v.zero_grad();
+      whole.loss(x, y).backward();
+      whole_optimizer.step(adam.lr);
+      for (const Variable& v : whole.parameters()) v.zero_grad();
+    }
+    double most = 0;
+    for (std::size_t i = 0; i < replica.parameters().size(); ++i) {
+      most = std::max(most, gap(replica.parameters()[i].data(), whole.parameters()[i].data()));
+    }
+    CHECK(worst(most) < 1e-5);
+    CHECK(everywhere(dp.buckets().size() >= 3));  // 6 tensors, at most 2 per bucket
+    CHECK(everywhere(dp.bytes_sent() == 4 * (6 * 16 + 16 + 16 * 16 + 16 + 16 * 3 + 3)));
+  }
+
+  TEST_CASE("buckets fill in gradient-ready order and flush at the byte and tensor caps") {
+    Communicator& comm = world();
+    int p = comm.size();
+    // W0 .. W5 of a chain x W0 W1 ... W5, whose gradients become ready from W5 down to W0,
+    // and a vector U that the loss never uses. W_i is d[i] x d[i + 1]: 480, 800, 600, 240,
+    // 200 and 400 bytes; U 28.
+    const std::vector<std::int64_t> d{3, 40, 5, 30, 2, 25, 4};
+    auto chain = [&](const std::vector<Variable>& w, const Tensor& x) {
+      Variable h(x);
+      for (int i = 0; i < 6; ++i) h = matmul(h, w[i]);
+      return sum(h);
+    };
+    auto input = [&](int rank) {
+      Generator gen(310 + static_cast<std::uint64_t>(rank));
+      return randn({2, d[0]}, gen);
+    };
+    struct Case {
+      DataParallelConfig config;
+      std::vector<std::vector<std::size_t>> buckets;
+      int flushed_before_w0;  // buckets started when W0's gradient became ready
+    };
+    const std::vector<Case> cases{
+        // 400 + 200 >= 500: the first bucket; then 240 + 600 + 800 >= 1000; W0 and U
+        // remain for synchronize().
+        {{mb(500), mb(1000), 3}, {{5, 4}, {3, 2, 1}, {0, 6}}, 2},
+        // Two tensors a bucket; U alone at the end.
+        {{1, 25, 2}, {{5, 4}, {3, 2}, {1, 0}, {6}}, 3},
+    };
+    for (const Case& c : cases) {
+      CAPTURE(c.buckets.size());
+      Generator gen(300);
+      std::vector<Variable> w;
+      for (int i = 0; i < 6; ++i) w.emplace_back(randn({d[i], d[i + 1]}, gen), true);
+      w.emplace_back(randn({7}, gen), true);
+      CountingCommunicator counting(comm);
+      DataParallel dp(w, counting, c.config);
+      int flushed = -1;
+      w[0].add_grad_ready_hook([&](const Tensor&) { flushed = counting.async_calls; });
+      chain(w, input(comm.rank())).backward();
+      dp.synchronize();
+      CHECK(everywhere(dp.buckets() == c.buckets));
+      CHECK(everywhere(flushed == c.flushed_before_w0));
+      // Every rank's gradient, averaged; U has none anywhere, so zeros.
+      std::vector<Tensor> expected(6);
+      for (int r = 0; r < p; ++r) {
+        std::vector<Variable> local;
+        for (const Variable& v : w) local.emplace_back(v.data(), true);
+        chain(local, input(r)).backward();
+        for (int i = 0; i < 6; ++i) {
+          expected[i] = r == 0 ? local[i].grad() : add(expected[i], local[i].grad());
+        }
+      }
+      double most = 0;
+      for (int i = 0; i < 6; ++i) {
+        most = std::max(most, gap(w[i].grad(), mul(expected[i], 1.0 / p)));
+      }
+      CHECK(worst(most) < 1e-6);
+      CHECK(everywhere(w[6].grad().defined() && same_values(w[6].grad(), zeros({7}))));
+    }
+  }
+
+  TEST_CASE("gradient accumulation communicates only on the last micro-step") {
+    Communicator& comm = world();
+    int p = comm.size();
+    const int micro_steps = 3;
+    auto batch = [](int rank, int micro_step) {
+      Generator gen(410 + static_cast<std::uint64_t>(100 * micro_step + rank));
+      Tensor x = randn({4, 6}, gen);
+      return std::pair{x, randn({4, 3}, gen)};
+    };
+    Stack replica(400);
+    CountingCommunicator counting(comm);
+    DataParallel dp(replica.parameters(), counting, {mb(100), mb(1000), 1});
+    CHECK(everywhere(counting.calls == 6));  // one broadcast per parameter
+    std::vector<int> calls;
+    for (int m = 0; m < micro_steps; ++m) {
+      counting.calls = 0;
+      dp.set_sync(m == micro_steps - 1);
+      auto [x, y] = batch(comm.rank(), m);
+      replica.loss(x, y).backward();
+      calls.push_back(counting.calls);
+    }
+    dp.synchronize();
+    // One bucket per tensor, all started during the last backward.
+    CHECK(everywhere(calls == std::vector<int>{0, 0, 6}));
+    Stack reference(400);
+    for (int r = 0; r < p; ++r) {
+      for (int m = 0; m < micro_steps; ++m) {
+        auto [x, y] = batch(r, m);
+        reference.loss(x, y).backward();
+      }
+    }
+    double most = 0;
+    for (std::size_t i = 0; i < 6; ++i) {
+      most = std::max(most, gap(replica.parameters()[i].grad(),
+                                mul(reference.parameters()[i].grad(), 1.0 / p)));
+    }
+    CHECK(worst(most) < 1e-5);
+    dp.set_sync(false);
+    CHECK(everywhere(contains(error_of([&] { dp.synchronize(); }), "sync is off")));
+    dp.set_sync(true);
+    auto [x, y] = batch(comm.rank(), 0);
+    replica.loss(x, y).backward();
+    std::string twice = error_of([&] { replica.loss(x, y).backward(); });
+    CHECK(everywhere(contains(twice, "became ready twice in one step; call synchronize()")));
+  }
+
+  TEST_CASE("top-k sends the largest of gradient plus residual, keeps the rest, sums all ranks") {
+    Communicator& comm = world();
+    int p = comm.size();
+    auto reducer = make_gradient_reducer({Compression::topk, 0.1}, comm);
+    const std::vector<Shape> shapes{{5, 7}, {13}};  // 48 elements: k = ceil(4.8) = 5
+    const std::int64_t n = 48;
+    const std::int64_t k = 5;
+    bool ok = true;
+    for (int step = 0; step < 3; ++step) {
+      CAPTURE(step);
+      std::vector<Tensor> grads;
+      std::vector<Tensor> acc;  // gradient + residual
+      for (std::size_t j = 0; j < shapes.size(); ++j) {
+        grads.push_back(data_of(comm.rank(), DType::f32, shapes[j], 70 + 10 * step + j));
+        Tensor residual = reducer->residual(j);
+        ok = ok && residual.defined() == (step > 0);
+        acc.push_back(residual.defined() ? add(grads[j], residual) : clone(grads[j]));
+      }
+      std::vector<Tensor> result = reducer->start({0, 1}, grads)->finish();
+      // What this rank sent: acc where the residual is zero.
+      auto a = concat({reshape(acc[0], {-1}), acc[1]}, 0).to_vector<float>();
+      auto r =
+          concat({reshape(reducer->residual(0), {-1}), reducer->residual(1)}, 0).to_vector<float>();
+      std::vector<float> sent(n, 0.0F);
+      float least_sent = std::numeric_limits<float>::infinity();
+      float most_kept = 0;
+      std::int64_t count = 0;
+      for (std::int64_t i = 0; i < n; ++i) {
+        if (r[i] == 0) {
+          sent[i] = a[i];
+          ++count;
+          least_sent = std::min(least_sent, std::abs(a[i]));
+        } else {
+          ok = ok && r[i] == a[i];  // sent + residual == acc, exactly
+          most_kept = std::max(most_kept, std::abs(a[i]));
+        }
+      }
+      ok = ok && count == k && least_sent > most_kept;
+      Tensor all = zeros({p, n});
+      comm.all_gather(from_data(sent, {n}), all);
+      Tensor expected = zeros({n});
+      for (int q = 0; q < p; ++q) expected = add(expected, squeeze(narrow(all, 0, q, 1), 0));
+      expected = div(expected, scalar(p));
+      ok = ok && same_values(concat({reshape(result[0], {-1}), result[1]}, 0), expected);
+      ok = ok && result[0].shape() == shapes[0] && reducer->bytes_sent() == (step + 1) * k * 8;
+    }
+    CHECK(everywhere(ok));
+  }
+
+  TEST_CASE("PowerSGD at full rank gives the average; at any rank gradient mass is conserved") {
+    Communicator& comm = world();
+    int p = comm.size();
+    // Matrices 6 x 4, 3 x 5 and 2 x (3 x 2), and a vector, which goes uncompressed.
+    const std::vector<Shape> shapes{{6, 4}, {3, 5}, {2, 3, 2}, {7}};
+    const std::vector<std::size_t> ids{0, 1, 2, 3};
+    auto grads_of = [&](int rank, int step) {
+      std::vector<Tensor> grads;
+      for (std::size_t j = 0; j < shapes.size(); ++j) {
+        grads.push_back(data_of(rank, DType::f32, shapes[j], 90 + 10 * step + j));
+      }
+      return grads;
+    };
+    auto average = [&](int step) {
+      std::vector<Tensor> sum = grads_of(0, step);
+      for (int r = 1; r < p; ++r) {
+        std::vector<Tensor> g = grads_of(r, step);
+        for (std::size_t j = 0; j < sum.size(); ++j) sum[j] = add(sum[j], g[j]);
+      }
+      for (Tensor& t : sum) t = mul(t, 1.0 / p);
+      return sum;
+    };
+    double full_gap = 0;
+    {
+      auto full_rank = make_gradient_reducer({Compression::powersgd, 0.01, 8, 0}, comm);
+      std::vector<Tensor> result = full_rank->start(ids, grads_of(comm.rank(), 0))->finish();
+      std::vector<Tensor> expected = average(0);
+      for (std::size_t j = 0; j < shapes.size(); ++j) {
+        full_gap = std::max(full_gap, gap(result[j], expected[j]));
+      }
+    }
+    CHECK(worst(full_gap) < 1e-5);
+
+    // Rank 1: P and Q of each matrix are one column: 6 + 3 + 2 and 4 + 5 + 6 floats, and
+    // the vector's 7.
+    auto low_rank = make_gradient_reducer({Compression::powersgd, 0.01, 1, 0}, comm);
+    double conserved = 0;
+    double vector_gap = 0;
+    bool bytes_ok = true;
+    for (int step = 0; step < 3; ++step) {
+      std::vector<Tensor> grads = grads_of(comm.rank(), step);
+      std::vector<Tensor> acc;
+      for (std::size_t j = 0; j < shapes.size(); ++j) {
+        Tensor residual = low_rank->residual(j);
+        acc.push_back(residual.defined() ? add(grads[j], reshape(residual, shapes[j])) : grads[j]);
+      }
+      std::vector<Tensor> result = low_rank->start(ids, grads)->finish();
+      for (std::size_t j = 0; j < 3; ++j) {
+        Tensor sent_and_kept = add(result[j], reshape(low_rank->residual(j), shapes[j]));
+        conserved = std::max(conserved, gap(sent_and_kept, acc[j]));
+      }
+      vector_gap = std::max(vector_gap, gap(result[3], average(step)[3]));
+      bytes_ok = bytes_ok && !low_rank->residual(3).defined() &&
+                 low_rank->bytes_sent() == (step + 1) * 4 * (11 + 7 + 15);
+    }
+    CHECK(worst(conserved) < 1e-6);
+    CHECK(worst(vector_gap) < 1e-6);
+    CHECK(everywhere(bytes_ok));
+  }
+
+#ifdef LONGNET_TEST_MPIRUN
+  TEST_CASE("a data-parallel Trainer on P ranks follows one process accumulating P batches") {
+    Communicator& comm = world();
+    int p = comm.size();
+    Trainer ranks(tiny_config(1), tiny_data(), comm);
+    Trainer one(tiny_config(p), tiny_data());
+    double loss_gap = 0;
+    bool ok = true;
+    for (int i = 0; i < 4; ++i) {
+      StepStats a = ranks.step();
+      StepStats b = one.step();
+      loss_gap = std::max({loss_gap, std::abs(a.loss - b.loss) / b.loss,
+                           std::abs(a.grad_norm - b.grad_norm) / b.grad_norm});
+      ok = ok && !a.skipped && a.tokens == b.tokens && a.bytes_sent > 0 && b.bytes_sent == 0;
+    }
+    CHECK(everywhere(ok));
+    CHECK(worst(loss_gap) < 1e-5);
+    // AdamW divides by a gradient's running RMS, so where a gradient is nearly zero its
+    // rounding (the sums run in another order) moves a weight by a visible fraction of lr.
+    double most = 0;
+    for (std::size_t i = 0; i < ranks.model().parameters().size(); ++i) {
+      most = std::max(
+          most, gap(ranks.model().parameters()[i].data(), one.model().parameters()[i].data()));
+    }
+    CHECK(worst(most) < 1e-3);
+  }
+
+  TEST_CASE("a checkpoint resumes on another number of ranks at the same data position") {
+    Communicator& comm = world();
+    int p = comm.size();
+    auto follow = [&](Trainer& a, Trainer& b) {
+      double most = 0;
+      for (int i = 0; i < 2; ++i) {
+        StepStats sa = a.step();
+        StepStats sb = b.step();
+        most = std::max(most, std::abs(sa.loss - sb.loss) / sb.loss);
+        most = sa.step == sb.step ? most : std::numeric_limits<double>::infinity();
+      }
+      return most;
+    };
+    // P ranks to one process.
+    Trainer ranks(tiny_config(1), tiny_data(), comm);
+    for (int i = 0; i < 2; ++i) ranks.step();
+    Checkpoint c = ranks.checkpoint();
+    CHECK(everywhere(c.data_position == static_cast<std::uint64_t>(2 * p)));
+    Trainer one(tiny_config(p), tiny_data());
+    one.restore(c);
+    CHECK(worst(follow(ranks, one)) < 1e-5);
+    // One process to P ranks.
+    Trainer alone(tiny_config(p), tiny_data());
+    for (int i = 0; i < 2; ++i) alone.step();
+    Trainer joined(tiny_config(1), tiny_data(), comm);
+    joined.restore(alone.checkpoint());
+    CHECK(worst(follow(joined, alone)) < 1e-5);
+  }
+
+  TEST_CASE("ranks whose gradients become ready in different orders all get an error") {
+    Communicator& comm = world();
+    Generator gen(500);
+    Tensor x = randn({3}, gen);
+    std::vector<Variable> w{Variable(randn({3}, gen), true), Variable(randn({3}, gen), true)};
+    DataParallel dp(w, comm, {1, 25, 1});
+    // The outer product's factor becomes ready first: W1 on rank 0, W0 on the others.
+    bool first = comm.rank() == 0;
+    sum(mul(mul(Variable(x), w[first ? 0 : 1]), w[first ? 1 : 0])).backward();
+    std::string error = error_of([&] { dp.synchronize(); });
+    CHECK(everywhere(contains(error, "the ranks' buckets differ")));
+  }
+
+  TEST_CASE("a NaN on one rank makes every rank skip the step, then stop together") {
+    Communicator& comm = world();
+    json j = to_json(tiny_config(1));
+    j["train"]["max_bad_steps"] = 2;
+    Trainer trainer(parse_train_config(j, "config.json"), tiny_data(), comm);
+    CHECK(everywhere(!trainer.step().skipped));
+    if (comm.rank() == comm.size() - 1) {
+      for (const auto& [name, p] : trainer.model().named_parameters()) {
+        if (name == "layer_norm.weight") fill_(p.data(), std::nan(""));
+      }
+    }
+    StepStats s = trainer.step();
+    CHECK(everywhere(s.skipped && std::isnan(s.loss)));
+    std::string error = error_of([&] { trainer.step(); });
+    CHECK(everywhere(contains(error, "2 steps in a row")));
   }
 #endif
 }

@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "dist/communicator.h"
 #include "tensor/copy.h"
 #include "tests/temp_dir.h"
 #include "train/generate.h"
@@ -116,6 +117,18 @@ int run(const std::string& program, const std::vector<std::string>& args, const 
   return exit_code(spawn(program, args, log));
 }
 
+// mpirun from PATH when this build has MPI; empty otherwise.
+std::string mpirun_path() {
+  if (!built_with_mpi()) return "";
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path != nullptr ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');) {
+    fs::path candidate = fs::path(dir) / "mpirun";
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+  }
+  return "";
+}
+
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   return {std::istreambuf_iterator<char>(in), {}};
@@ -151,6 +164,14 @@ TEST_SUITE("train") {
     CHECK(c.train.grad_accum == 1);
     json again = to_json(parse_train_config(to_json(c), "again"));
     CHECK(again == to_json(c));
+    CHECK(again["dist"] == json::parse(R"({"bucket_mb": 25.0, "first_bucket_mb": 1.0,
+                                            "bucket_tensors": 32, "compression": "none"})"));
+    for (const char* dist : {R"({"compression": "topk", "topk_ratio": 0.05})",
+                             R"({"compression": "powersgd", "powersgd_rank": 2})"}) {
+      TrainConfig d =
+          parse_train_config(merged(toy_config(dir), {{"dist", json::parse(dist)}}), "d");
+      CHECK(to_json(parse_train_config(to_json(d), "again")) == to_json(d));
+    }
   }
 
   TEST_CASE("every example configuration in configs/ is valid") {
@@ -204,6 +225,15 @@ TEST_SUITE("train") {
         {{{"train", {{"out_dir", dir.file("not-a-dir") + "/run"}}}},
          {"train.out_dir", "cannot be created"}},
         {{{"dist", {{"ranks", 2}}}}, {"dist", "unknown key \"ranks\""}},
+        {{{"dist", {{"bucket_mb", 0}}}}, {"dist", "bucket_mb", "numbers > 0"}},
+        {{{"dist", {{"first_bucket_mb", -1}}}}, {"first_bucket_mb", "numbers > 0"}},
+        {{{"dist", {{"bucket_tensors", 0}}}}, {"bucket_tensors", "integers >= 1"}},
+        {{{"dist", {{"compression", "zip"}}}}, {"compression", "none, topk, powersgd"}},
+        {{{"dist", {{"topk_ratio", 0.1}}}},
+         {"topk_ratio", "applies to compression \"topk\" only (compression is \"none\")"}},
+        {{{"dist", {{"compression", "topk"}, {"topk_ratio", 1.5}}}}, {"topk_ratio", "(0, 1]"}},
+        {{{"dist", {{"compression", "powersgd"}, {"powersgd_rank", 0}}}},
+         {"powersgd_rank", "integers >= 1"}},
     };
     for (const auto& c : cases) {
       std::string message = config_error(merged(base, c.patch));
@@ -461,6 +491,54 @@ TEST_SUITE("train") {
     Tensor after = trainer.model().named_parameters().front().second.data();
     CHECK(before.to_vector<float>() == after.to_vector<float>());  // no update applied
     CHECK_THROWS_WITH_AS(trainer.step(), doctest::Contains("3 steps in a row"), NumericalFault);
+  }
+
+  TEST_CASE("under mpirun rank 0 alone writes, and a run resumes on another number of ranks" *
+            doctest::skip(mpirun_path().empty())) {
+    // Without dropout, 2 ranks and one process with grad_accum 2 train on the same rows
+    // (and with a constant learning rate, runs of 4 and 6 steps at the same rates).
+    TempDir dir;
+    json base =
+        merged(toy_config(dir), {{"model", {{"dropout", 0.0}}},
+                                 {"optim", {{"warmup_steps", 0}, {"schedule", "constant"}}},
+                                 {"train", {{"steps", 4}, {"ckpt_every", 2}, {"eval_every", 2}}}});
+    write_config(dir, base, "ranks.json");
+    json one = merged(base, {{"train", {{"steps", 6}, {"grad_accum", 2}}}});
+    write_config(dir, one, "resumed.json");
+    write_config(dir, merged(one, {{"train", {{"out_dir", dir.file("one")}}}}), "one.json");
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMP_NUM_THREADS", "1", 1);
+    std::string train = tool("LONGNET_TRAIN_TOOL");
+    REQUIRE(run(mpirun_path(), {"--oversubscribe", "-np", "2", train, dir.file("ranks.json")},
+                dir.file("ranks.txt")) == 0);
+    std::string log = read_text(dir.file("ranks.txt"));
+    CAPTURE(log);
+    CHECK(log.find("micro-batches x 2 ranks (mpi) per step") != std::string::npos);
+    CHECK(log.find("step      1/4") == log.rfind("step      1/4"));  // printed once
+    CHECK(list_checkpoints(dir.file("run")).size() == 2);
+    REQUIRE(run(train, {dir.file("resumed.json")}, dir.file("resumed.txt")) == 0);
+    CHECK(read_text(dir.file("resumed.txt")).find("resuming from") != std::string::npos);
+    REQUIRE(run(train, {dir.file("one.json")}, dir.file("one.txt")) == 0);
+
+    std::vector<json> resumed = deterministic_metrics(dir.file("run/metrics.jsonl"));
+    std::vector<json> alone = deterministic_metrics(dir.file("one/metrics.jsonl"));
+    REQUIRE(resumed.size() == alone.size());
+    CHECK(resumed.size() == 6 + 3);  // one record per step and per evaluation
+    for (std::size_t i = 0; i < resumed.size(); ++i) {
+      CAPTURE(i);
+      const json& r = resumed[i];
+      const json& a = alone[i];
+      REQUIRE(r["step"] == a["step"]);
+      const char* key = r.contains("loss") ? "loss" : "val_loss";
+      CHECK(r[key].get<double>() == doctest::Approx(a[key].get<double>()).epsilon(1e-5));
+      if (!r.contains("loss")) continue;
+      bool two = r["step"].get<int>() <= 4;
+      CHECK(r["ranks"] == (two ? 2 : 1));
+      CHECK((r["bytes_sent"].get<std::int64_t>() > 0) == two);
+      CHECK(a["ranks"] == 1);
+      CHECK(a["bytes_sent"] == 0);
+    }
   }
 
   TEST_CASE("sampling is deterministic for a seed and follows temperature and top-k") {

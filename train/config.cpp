@@ -184,6 +184,36 @@ RunConfig parse_run(const JsonReader& r) {
   return t;
 }
 
+DataParallelConfig parse_dist(const JsonReader& r) {
+  r.only({"bucket_mb", "first_bucket_mb", "bucket_tensors", "compression", "topk_ratio",
+          "powersgd_rank"});
+  const std::string& w = r.where();
+  DataParallelConfig d;
+  d.bucket_mb = r.number("bucket_mb", 25);
+  require(d.bucket_mb > 0, w, "bucket_mb", cat("is ", d.bucket_mb, "; valid: numbers > 0"));
+  d.first_bucket_mb = r.number("first_bucket_mb", 1);
+  require(d.first_bucket_mb > 0, w, "first_bucket_mb",
+          cat("is ", d.first_bucket_mb, "; valid: numbers > 0"));
+  d.bucket_tensors = r.integer("bucket_tensors", 32);
+  require(d.bucket_tensors >= 1, w, "bucket_tensors",
+          cat("is ", d.bucket_tensors, "; valid: integers >= 1"));
+  CompressionConfig& c = d.compression;
+  std::string kind = r.choice("compression", "none", {"none", "topk", "powersgd"});
+  c.kind = parse_compression(kind);
+  for (const auto& [key, owner] :
+       {std::pair{"topk_ratio", "topk"}, std::pair{"powersgd_rank", "powersgd"}}) {
+    require(kind == owner || !r.has(key), w, key,
+            cat("applies to compression \"", owner, "\" only (compression is \"", kind, "\")"));
+  }
+  c.topk_ratio = r.number("topk_ratio", 0.01);
+  require(c.topk_ratio > 0 && c.topk_ratio <= 1, w, "topk_ratio",
+          cat("is ", c.topk_ratio, "; valid: (0, 1], the fraction of each bucket sent"));
+  c.powersgd_rank = r.integer("powersgd_rank", 4);
+  require(c.powersgd_rank >= 1, w, "powersgd_rank",
+          cat("is ", c.powersgd_rank, "; valid: integers >= 1"));
+  return d;
+}
+
 }  // namespace
 
 TrainConfig parse_train_config(const json& j, const std::string& where) {
@@ -200,9 +230,7 @@ TrainConfig parse_train_config(const json& j, const std::string& where) {
     require(c.optim.warmup_steps < c.train.steps, where + ": optim", "warmup_steps",
             cat("is ", c.optim.warmup_steps, " but train.steps is ", c.train.steps,
                 "; warm up for fewer steps than the run has"));
-    const json& dist = r.object("dist");
-    JsonReader(dist, where + ": dist").only({});
-    c.dist = dist;
+    c.dist = parse_dist(JsonReader(r.object("dist"), where + ": dist"));
     return c;
   });
 }
@@ -281,11 +309,20 @@ json to_json(const TrainConfig& c) {
                 {"grad_accum", t.grad_accum},
                 {"log_every", t.log_every},
                 {"max_bad_steps", t.max_bad_steps}};
+  const DataParallelConfig& d = c.dist;
+  json dist = {{"bucket_mb", d.bucket_mb},
+               {"first_bucket_mb", d.first_bucket_mb},
+               {"bucket_tensors", d.bucket_tensors},
+               {"compression", name(d.compression.kind)}};
+  if (d.compression.kind == Compression::topk) dist["topk_ratio"] = d.compression.topk_ratio;
+  if (d.compression.kind == Compression::powersgd) {
+    dist["powersgd_rank"] = d.compression.powersgd_rank;
+  }
   return {{"model", model_json(c.model)},
           {"data", data},
           {"optim", optim},
           {"train", train},
-          {"dist", c.dist}};
+          {"dist", dist}};
 }
 
 void check_run_environment(const TrainConfig& config) {

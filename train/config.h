@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "dist/data_parallel.h"
 #include "models/longnet.h"
 #include "tensor/device.h"
 #include "train/data.h"
@@ -70,7 +71,8 @@ struct TrainConfig {
   DataConfig data;
   OptimConfig optim;
   RunConfig train;
-  nlohmann::json dist = nlohmann::json::object();  // no keys yet (distributed training)
+  // Data parallel over the ranks of an MPI launch (no effect on a single process).
+  DataParallelConfig dist;
 };
 
 // Parses and checks a configuration; where names it in messages (the file name).

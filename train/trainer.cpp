@@ -13,8 +13,10 @@
 #include <sstream>
 
 #include "autograd/ops.h"
+#include "dist/single_process.h"
 #include "nn/loss.h"
 #include "tensor/copy.h"
+#include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
 #include "tensor/view.h"
 #include "train/file_io.h"
@@ -32,6 +34,16 @@ constexpr std::uint64_t kDataSalt = 0x6c6f6e676e657401ULL;
 constexpr std::uint64_t kDropoutSalt = 0x6c6f6e676e657402ULL;
 
 using Clock = std::chrono::steady_clock;
+
+// Rank r's dropout key: a distinct Philox key per rank, rank 0's the run's own.
+std::uint64_t rank_seed(std::uint64_t seed, int rank) {
+  return seed + static_cast<std::uint64_t>(rank) * 0x9e3779b97f4a7c15ULL;
+}
+
+Communicator& single_process() {
+  static SingleProcessCommunicator comm;
+  return comm;
+}
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -136,9 +148,14 @@ std::string attention_text(const LongNetConfig& m) {
 }  // namespace
 
 Trainer::Trainer(TrainConfig config, CorpusSplit data)
+    : Trainer(std::move(config), std::move(data), single_process()) {}
+
+Trainer::Trainer(TrainConfig config, CorpusSplit data, Communicator& comm)
     : config_(std::move(config)),
       data_(std::move(data)),
-      dropout_gen_(config_.train.seed ^ kDropoutSalt) {
+      comm_(comm),
+      dropout_seed_(config_.train.seed ^ kDropoutSalt),
+      dropout_gen_(rank_seed(dropout_seed_, comm_.rank())) {
   Generator init(config_.train.seed);
   if (config_.train.precision != DType::f32) config_.model.compute_dtype = config_.train.precision;
   config_.model.recompute = config_.train.recompute;
@@ -146,6 +163,9 @@ Trainer::Trainer(TrainConfig config, CorpusSplit data)
   model_ = std::make_shared<LongNetLM>(config_.model, init,
                                        TensorOptions{DType::f32, config_.train.device});
   optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), config_.optim.adamw);
+  if (comm_.size() > 1) {
+    data_parallel_ = std::make_unique<DataParallel>(model_->parameters(), comm_, config_.dist);
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -167,25 +187,43 @@ StepStats Trainer::step() {
   stats.lr = scheduled_lr(o.adamw.lr, o.schedule, o.warmup_steps, config_.train.steps,
                           o.min_lr_ratio, step_);
   std::int64_t accum = config_.train.grad_accum;
+  int ranks = comm_.size();
   double loss_sum = 0;
   for (std::int64_t i = 0; i < accum; ++i) {
-    Tensor batch = sample_batch(data_.train, d.seq_len, d.batch_size,
-                                config_.train.seed ^ kDataSalt, data_position_++);
+    Tensor batch =
+        sample_batch(data_.train, d.seq_len, d.batch_size, config_.train.seed ^ kDataSalt,
+                     data_position_ + static_cast<std::uint64_t>(comm_.rank()));
+    data_position_ += static_cast<std::uint64_t>(ranks);
+    if (data_parallel_) data_parallel_->set_sync(i == accum - 1);
     loss_sum += micro_batch_loss(batch, true, 1.0 / static_cast<double>(accum)).item();
+  }
+  if (data_parallel_) {
+    data_parallel_->synchronize();
+    stats.bytes_sent = data_parallel_->bytes_sent();
   }
   stats.loss = loss_sum / static_cast<double>(accum);
   double max_norm = o.grad_clip > 0 ? o.grad_clip : std::numeric_limits<double>::infinity();
+  // The gradients are the same on every rank now, and so is their norm.
   stats.grad_norm = clip_grad_norm(model_->parameters(), max_norm);
   stats.skipped = !std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm);
+  if (ranks > 1) {
+    // The mean loss over ranks, and whether any rank saw a NaN or Inf: all skip together.
+    Tensor agreed = from_data<double>({loss_sum, stats.skipped ? 1.0 : 0.0}, {2});
+    comm_.all_reduce(agreed, ReduceOp::sum);
+    stats.loss = agreed.data<double>()[0] / static_cast<double>(accum * ranks);
+    stats.skipped = agreed.data<double>()[1] > 0;
+  }
   if (stats.skipped) {
     ++bad_steps_;
+    // The residuals hold this step's gradients, which the update never used.
+    if (data_parallel_) data_parallel_->clear_error_feedback();
   } else {
     optimizer_->step(stats.lr);
     bad_steps_ = 0;
   }
   model_->zero_grad();
   stats.step = ++step_;
-  stats.tokens = accum * d.batch_size * d.seq_len;
+  stats.tokens = accum * d.batch_size * d.seq_len * ranks;
   stats.seconds = seconds_since(start);
   if (bad_steps_ >= config_.train.max_bad_steps) {
     throw NumericalFault(cat("step ", step_, ": the loss or gradient norm was NaN or Inf in ",
@@ -202,11 +240,20 @@ EvalStats Trainer::evaluate() {
   model_->eval();
   const DataConfig& d = config_.data;
   std::int64_t count = config_.train.eval_batches;
-  double sum = 0;
-  for (std::int64_t i = 0; i < count; ++i) {
+  // Rank r evaluates batches r, r + ranks, ...; the losses are summed in batch order on
+  // every rank, as one process sums them.
+  std::vector<double> losses(static_cast<std::size_t>(count), 0.0);
+  for (std::int64_t i = comm_.rank(); i < count; i += comm_.size()) {
     Tensor batch = eval_batch(data_.val, d.seq_len, d.batch_size, i, count);
-    sum += micro_batch_loss(batch, false, 1).item();
+    losses[static_cast<std::size_t>(i)] = micro_batch_loss(batch, false, 1).item();
   }
+  if (comm_.size() > 1) {
+    Tensor all = from_data<double>(losses, {count});
+    comm_.all_reduce(all, ReduceOp::sum);
+    losses = all.to_vector<double>();
+  }
+  double sum = 0;
+  for (double loss : losses) sum += loss;
   model_->train();
   EvalStats stats;
   stats.step = step_;
@@ -219,7 +266,7 @@ Checkpoint Trainer::checkpoint() const {
   Checkpoint c;
   c.step = step_;
   c.data_position = data_position_;
-  c.rng_seed = dropout_gen_.seed();
+  c.rng_seed = dropout_seed_;
   c.rng_offset = dropout_gen_.offset();
   c.bad_steps = bad_steps_;
   c.config = to_json(config_);
@@ -237,7 +284,8 @@ void Trainer::restore(const Checkpoint& c) {
   }
   step_ = c.step;
   data_position_ = c.data_position;
-  dropout_gen_ = Generator(c.rng_seed);
+  dropout_seed_ = c.rng_seed;
+  dropout_gen_ = Generator(rank_seed(c.rng_seed, comm_.rank()));
   dropout_gen_.set_offset(c.rng_offset);
   bad_steps_ = c.bad_steps;
 }
@@ -260,38 +308,59 @@ RunPlan plan_run(const TrainConfig& config, std::ostream& log) {
   return plan;
 }
 
-void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log) {
+void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log, Communicator& comm) {
   const RunConfig& t = config.train;
   const std::optional<Checkpoint>& resume = plan.resume;
-  fs::create_directories(t.out_dir);
-  remove_partial_checkpoints(t.out_dir);
+  bool writer = comm.rank() == 0;
+  std::ostream silent(nullptr);
+  std::ostream& out = writer ? log : silent;
+  std::int64_t resume_step = resume ? resume->step : 0;
+  Tensor steps = from_data<std::int64_t>({resume_step, -resume_step}, {2});
+  comm.all_reduce(steps, ReduceOp::max);
+  if (steps.data<std::int64_t>()[0] != resume_step ||
+      steps.data<std::int64_t>()[1] != -resume_step) {
+    throw Error(cat("the ranks found different checkpoints in train.out_dir \"", t.out_dir,
+                    "\" (this rank: ", resume ? resume->dir : "none",
+                    "); every rank must see the same out_dir, on a shared filesystem"));
+  }
+  if (writer) {
+    fs::create_directories(t.out_dir);
+    remove_partial_checkpoints(t.out_dir);
+  }
   double baseline = unigram_bits(plan.data, config.model.vocab_size);
   bool bytes = config.data.format == DataFormat::bytes;
   const char* unit = bytes ? "bits/byte" : "bits/token";
-  Trainer trainer(config, std::move(plan.data));
+  Trainer trainer(config, std::move(plan.data), comm);
   if (resume) {
     trainer.restore(*resume);
-    log << "resuming from " << resume->dir << " (step " << resume->step << ")\n";
+    out << "resuming from " << resume->dir << " (step " << resume->step << ")\n";
   }
-  write_file_atomically((fs::path(t.out_dir) / "config.json").string(),
-                        to_json(config).dump(2) + "\n");
-  MetricsLog metrics((fs::path(t.out_dir) / "metrics.jsonl").string(), trainer.steps_done());
+  std::optional<MetricsLog> metrics;
+  if (writer) {
+    write_file_atomically((fs::path(t.out_dir) / "config.json").string(),
+                          to_json(config).dump(2) + "\n");
+    metrics.emplace((fs::path(t.out_dir) / "metrics.jsonl").string(), trainer.steps_done());
+  }
+  auto write_metrics = [&](const json& record) {
+    if (metrics) metrics->write(record);
+  };
 
   const DataConfig& d = config.data;
-  log << cat("longnet-train: LongNetLM, ", config.model.decoder_layers, " layers, d_model ",
+  out << cat("longnet-train: LongNetLM, ", config.model.decoder_layers, " layers, d_model ",
              config.model.d_model, ", ", config.model.num_heads, " heads, ",
              parameter_count(trainer.model()), " parameters; attention ",
              attention_text(config.model), "\n");
-  log << cat("  data ", trainer.data().train.source, ": ", trainer.data().train.size(),
+  out << cat("  data ", trainer.data().train.source, ": ", trainer.data().train.size(),
              " training and ", trainer.data().val.size(), " validation tokens; ", d.batch_size,
-             " x ", d.seq_len, " tokens x ", t.grad_accum, " micro-batches per step; ", t.steps,
-             " steps on ", t.device.is_cpu() ? "the cpu" : "cuda", "\n");
+             " x ", d.seq_len, " tokens x ", t.grad_accum, " micro-batches",
+             comm.size() > 1 ? cat(" x ", comm.size(), " ranks (", comm.backend(), ")") : "",
+             " per step; ", t.steps, " steps on ", t.device.is_cpu() ? "the cpu" : "cuda", "\n");
   char line[256];
   std::snprintf(line, sizeof line, "  unigram baseline on the validation split: %.3f %s\n",
                 baseline, unit);
-  log << line;
+  out << line;
   if (trainer.steps_done() >= t.steps) {
-    log << "train.steps (" << t.steps << ") already reached at step " << trainer.steps_done()
+    out << "train.steps (" << t.steps << ") already reached at step " << trainer.steps_done()
         << "; raise train.steps to train further\n";
     return;
   }
@@ -301,14 +370,15 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log) {
     json record = {{"step", e.step}, {"val_loss", e.val_loss}};
     double bits = e.val_bpb.value_or(e.val_loss / std::numbers::ln2);
     if (e.val_bpb) record["val_bpb"] = *e.val_bpb;
-    metrics.write(record);
+    write_metrics(record);
     std::snprintf(line, sizeof line, "eval step %lld | val loss %.4f | %.3f %s (unigram %.3f)\n",
                   static_cast<long long>(e.step), e.val_loss, bits, unit, baseline);
-    log << line << std::flush;
+    out << line << std::flush;
   };
   auto save = [&] {
+    if (!writer) return;
     std::string dir = save_checkpoint(t.out_dir, trainer.checkpoint(), t.keep_ckpts);
-    log << "saved " << dir << "\n" << std::flush;
+    out << "saved " << dir << "\n" << std::flush;
   };
 
   Clock::time_point start = Clock::now();
@@ -318,7 +388,7 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log) {
     try {
       s = trainer.step();
     } catch (const NumericalFault&) {
-      metrics.write({{"step", trainer.steps_done()}, {"skipped", true}});
+      write_metrics({{"step", trainer.steps_done()}, {"skipped", true}});
       throw;
     }
     json record = {{"step", s.step},
@@ -326,16 +396,18 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log) {
                    {"lr", s.lr},
                    {"grad_norm", s.grad_norm},
                    {"tokens_per_s", static_cast<double>(s.tokens) / s.seconds},
-                   {"peak_rss_mb", peak_rss_mb()}};
+                   {"peak_rss_mb", peak_rss_mb()},
+                   {"bytes_sent", s.bytes_sent},
+                   {"ranks", trainer.ranks()}};
     if (t.device.is_cuda()) {
       record["peak_gpu_mb"] = static_cast<double>(cuda::memory_stats(t.device.index).peak_bytes) /
                               static_cast<double>(1 << 20);
     }
     if (s.skipped) record["skipped"] = true;
-    metrics.write(record);
+    write_metrics(record);
     bool last = s.step == t.steps;
     if (s.skipped) {
-      log << "step " << s.step << ": loss " << s.loss << ", gradient norm " << s.grad_norm
+      out << "step " << s.step << ": loss " << s.loss << ", gradient norm " << s.grad_norm
           << " is not finite; update skipped\n";
     }
     if (s.step % t.log_every == 0 || s.step == first + 1 || last) {
@@ -347,12 +419,12 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log) {
                     "step %6lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | ETA %s\n",
                     static_cast<long long>(s.step), static_cast<long long>(t.steps), s.loss, s.lr,
                     s.grad_norm, rate_text(rate).c_str(), duration_text(eta).c_str());
-      log << line << std::flush;
+      out << line << std::flush;
     }
     if ((t.eval_every > 0 && s.step % t.eval_every == 0) || last) evaluate();
     if ((t.ckpt_every > 0 && s.step % t.ckpt_every == 0) || last) save();
   }
-  log << "done in " << duration_text(seconds_since(start)) << "; checkpoints and metrics.jsonl in "
+  out << "done in " << duration_text(seconds_since(start)) << "; checkpoints and metrics.jsonl in "
       << t.out_dir << "\n";
 }
 

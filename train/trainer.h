@@ -1,5 +1,17 @@
 // The training loop of longnet-train (DESIGN.md section 8): a LongNetLM, AdamW, batches
-// from the corpus, evaluation, checkpoints, logs.
+// from the corpus, evaluation, checkpoints, logs; data parallel over the ranks of a
+// communicator (DESIGN.md section 7).
+//
+// Data parallel: data.batch_size is per rank, so a step trains on batch_size x ranks x
+// grad_accum rows. The training batches form one stream (batch i as sample_batch draws
+// it); micro-step m of a step takes the next `ranks` batches of the stream, rank r the
+// r-th. The data position counts batches of the stream, so it does not depend on the
+// number of ranks and a checkpoint resumes on any number of them: P ranks with grad_accum
+// A train on the same rows as one process with grad_accum P x A. Gradients are averaged
+// by DataParallel (dist/data_parallel.h) with the dist settings; the loss is averaged over
+// ranks; a NaN or Inf on any rank makes every rank skip the step (and stop together).
+// Rank r's dropout stream is keyed by the run's dropout seed and r. With one rank,
+// nothing of this runs: a single process trains exactly as it always has.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +19,7 @@
 #include <memory>
 #include <optional>
 
+#include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 
@@ -25,7 +38,8 @@ struct StepStats {
   double grad_norm = 0;  // before clipping
   bool skipped = false;  // a non-finite loss or gradient: no update was made
   double seconds = 0;
-  std::int64_t tokens = 0;  // tokens the step trained on
+  std::int64_t tokens = 0;      // tokens the step trained on, over every rank
+  std::int64_t bytes_sent = 0;  // gradient bytes this rank handed to collectives
 };
 
 struct EvalStats {
@@ -37,24 +51,30 @@ struct EvalStats {
 class Trainer {
  public:
   // Builds the model (weights drawn from train.seed) and the optimizer. data must satisfy
-  // load_training_data's checks.
+  // load_training_data's checks. With comm, every rank of comm constructs a Trainer with
+  // the same config and data (construction, step() and evaluate() are collective) and
+  // restores the same checkpoint; comm must outlive the Trainer. Without it, one process.
   Trainer(TrainConfig config, CorpusSplit data);
+  Trainer(TrainConfig config, CorpusSplit data, Communicator& comm);
   ~Trainer();
 
   // One optimizer step over train.grad_accum micro-batches. A non-finite loss or gradient
   // norm skips the update (gradients dropped); after train.max_bad_steps such steps in a
   // row it throws NumericalFault.
   StepStats step();
-  // Mean loss over train.eval_batches fixed validation batches (no dropout, no gradient).
+  // Mean loss over train.eval_batches fixed validation batches (no dropout, no gradient),
+  // the batches shared out over the ranks; every rank gets the same result.
   EvalStats evaluate();
 
-  // The state a resumed run needs. Its tensors share storage with the model and the
+  // The state a resumed run needs, the same on every rank (the error-feedback residuals of
+  // compression are not part of it). Its tensors share storage with the model and the
   // optimizer: save it before the next step.
   Checkpoint checkpoint() const;
   // Continues from checkpoint: weights, optimizer state, step, data position, RNG state.
   void restore(const Checkpoint& checkpoint);
 
   std::int64_t steps_done() const { return step_; }
+  int ranks() const { return comm_.size(); }
   const TrainConfig& config() const { return config_; }
   LongNetLM& model() { return *model_; }
   const CorpusSplit& data() const { return data_; }
@@ -64,8 +84,11 @@ class Trainer {
 
   TrainConfig config_;
   CorpusSplit data_;
+  Communicator& comm_;
   std::shared_ptr<LongNetLM> model_;
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<DataParallel> data_parallel_;  // with more than one rank
+  std::uint64_t dropout_seed_;                   // rank 0's; rank r's stream derives from it
   Generator dropout_gen_;
   std::int64_t step_ = 0;
   std::uint64_t data_position_ = 0;
@@ -90,7 +113,9 @@ RunPlan plan_run(const TrainConfig& config, std::ostream& log);
 // longnet-train's whole run from plan: resumes from plan.resume or starts afresh; trains to
 // train.steps with logs (progress lines on log, records in out_dir/metrics.jsonl),
 // evaluations every train.eval_every steps and at the end, checkpoints every
-// train.ckpt_every steps and at the end.
-void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log);
+// train.ckpt_every steps and at the end. Every rank of comm runs it with its own plan (all
+// must have found the same checkpoint: an error on every rank otherwise); rank 0 alone
+// writes out_dir and log.
+void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log, Communicator& comm);
 
 }  // namespace longnet

@@ -3,7 +3,10 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cmath>
+#include <limits>
 #include <optional>
+#include <vector>
 
 #include "tensor/tensor.h"
 
@@ -40,5 +43,52 @@ void exponentiate(Mat<T>& s, Visible visible, Shift shift) {
     s.row(a).tail(s.cols() - n).setZero();
   }
 }
+
+// The running softmax of one head's query rows, merged over blocks of keys (segments,
+// branches) in any order: per row the largest score so far, the sum of exponentials
+// relative to it, and the values weighted the same way.
+template <class T>
+class OnlineSoftmax {
+ public:
+  OnlineSoftmax(std::int64_t rows, std::int64_t dv)
+      : acc_(Mat<T>::Zero(rows, dv)),
+        max_(static_cast<std::size_t>(rows), -std::numeric_limits<T>::infinity()),
+        sum_(static_cast<std::size_t>(rows), T(0)) {}
+
+  // Merges the block of scores s (query a against the block's keys, of which the first
+  // visible(a) count) with values vs into row row(a); s is overwritten.
+  template <class Values, class Visible, class Row>
+  void merge(Mat<T>& s, const Values& vs, Visible visible, Row row) {
+    std::vector<T> block_max(static_cast<std::size_t>(s.rows()));
+    for (Eigen::Index a = 0; a < s.rows(); ++a) block_max[a] = s.row(a).head(visible(a)).maxCoeff();
+    exponentiate(s, visible, [&](Eigen::Index a) { return block_max[a]; });
+    Mat<T> u = s * vs;
+    for (Eigen::Index a = 0; a < s.rows(); ++a) {
+      std::int64_t r = row(a);
+      T top = std::max(max_[r], block_max[a]);
+      T old_weight =
+          max_[r] == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(max_[r] - top);
+      T new_weight = std::exp(block_max[a] - top);
+      acc_.row(r) = acc_.row(r) * old_weight + u.row(a) * new_weight;
+      sum_[r] = sum_[r] * old_weight + s.row(a).sum() * new_weight;
+      max_[r] = top;
+    }
+  }
+
+  // Writes row r's output times out_scale to o[0, dv) and returns its logsumexp; a row no
+  // key reached gets zeros and -inf.
+  T finish(std::int64_t r, T out_scale, T* o) const {
+    bool reached = sum_[r] > T(0);
+    for (Eigen::Index c = 0; c < acc_.cols(); ++c) {
+      o[c] = reached ? acc_(r, c) / sum_[r] * out_scale : T(0);
+    }
+    return reached ? max_[r] + std::log(sum_[r]) : -std::numeric_limits<T>::infinity();
+  }
+
+ private:
+  Mat<T> acc_;
+  std::vector<T> max_;
+  std::vector<T> sum_;
+};
 
 }  // namespace longnet::cpu

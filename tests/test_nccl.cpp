@@ -1,0 +1,138 @@
+// The NCCL communicator (dist/cuda/nccl.h) on GPU tensors, against values every rank
+// computes on the CPU from the same seeds. Built into test-dist (one rank) and test-dist-mpi
+// (mpirun -np 2 and 3; rank r uses GPU r mod the GPU count). The "gpu" suite: skipped on
+// machines without a CUDA device.
+#include <doctest/doctest.h>
+
+#include "dist/cuda/nccl.h"
+#include "tensor/copy.h"
+#include "tensor/creation.h"
+#include "tensor/cuda/runtime.h"
+#include "tensor/view.h"
+#include "tests/dist_world.h"
+#include "tests/error_of.h"
+#include "tests/gpu_check.h"
+
+namespace longnet {
+namespace {
+
+using testing::contains;
+using testing::data_of;
+using testing::error_of;
+using testing::everywhere;
+using testing::excess;
+using testing::reduction;
+using testing::relative_error;
+using testing::world;
+using testing::worst;
+
+Communicator& gpus() {
+  static std::unique_ptr<Communicator> comm =
+      make_nccl_communicator(make_communicator(), world().rank() % cuda::device_count());
+  return *comm;
+}
+
+// Rank r's part of a [ranks, ...] tensor.
+Tensor slot(const Tensor& t, std::int64_t dim, std::int64_t r) {
+  return squeeze(narrow(t, dim, r, 1), dim);
+}
+
+Device my_gpu() { return Device::cuda(world().rank() % cuda::device_count()); }
+
+TEST_SUITE("gpu") {
+  TEST_CASE("nccl all_reduce, sync and async, every dtype and op, against the CPU") {
+    Communicator& comm = gpus();
+    CHECK(comm.backend().rfind("nccl+", 0) == 0);
+    Shape shape{3, 37};
+    std::uint64_t seed = 1;
+    for (DType dtype : {DType::f32, DType::f64, DType::bf16, DType::i32, DType::i64}) {
+      for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg, ReduceOp::max}) {
+        if (op == ReduceOp::avg && !is_floating(dtype)) continue;
+        CAPTURE(dtype);
+        CAPTURE(op);
+        ++seed;
+        auto want = reduction(op, dtype, shape, seed, comm.size());
+        Tensor t = to(data_of(comm.rank(), dtype, shape, seed), my_gpu());
+        comm.all_reduce(t, op);
+        CHECK(worst(excess(t, want)) <= 0);
+        Tensor u = to(data_of(comm.rank(), dtype, shape, seed), my_gpu());
+        auto work = comm.all_reduce_async(u, op);
+        work->wait();
+        CHECK(worst(excess(u, want)) <= 0);
+      }
+    }
+  }
+
+  TEST_CASE("nccl all_gather (in place too), reduce_scatter and broadcast") {
+    Communicator& comm = gpus();
+    int p = comm.size();
+    Shape piece{5, 3};
+    Tensor out = testing::poisoned({p, 5, 3}, {DType::f32, my_gpu()});
+    comm.all_gather(to(data_of(comm.rank(), DType::f32, piece, 40), my_gpu()), out);
+    double error = 0;
+    for (int r = 0; r < p; ++r) {
+      error = std::max(error, relative_error(slot(out, 0, r), data_of(r, DType::f32, piece, 40)));
+    }
+    CHECK(worst(error) == 0);
+
+    Tensor in_place = testing::poisoned({p, 5, 3}, {DType::bf16, my_gpu()});
+    copy_(slot(in_place, 0, comm.rank()),
+          to(data_of(comm.rank(), DType::bf16, piece, 41), my_gpu()));
+    comm.all_gather(slot(in_place, 0, comm.rank()), in_place);
+    error = 0;
+    for (int r = 0; r < p; ++r) {
+      error =
+          std::max(error, relative_error(slot(in_place, 0, r), data_of(r, DType::bf16, piece, 41)));
+    }
+    CHECK(worst(error) == 0);
+
+    Tensor scattered = testing::poisoned(piece, {DType::f32, my_gpu()});
+    comm.reduce_scatter(to(data_of(comm.rank(), DType::f32, {p, 5, 3}, 42), my_gpu()), scattered,
+                        ReduceOp::sum);
+    auto whole = reduction(ReduceOp::sum, DType::f32, {p, 5, 3}, 42, p);
+    auto begin = static_cast<std::ptrdiff_t>(comm.rank() * 15);
+    testing::Expected mine{{whole.value.begin() + begin, whole.value.begin() + begin + 15},
+                           {whole.bound.begin() + begin, whole.bound.begin() + begin + 15}};
+    CHECK(worst(excess(scattered, mine)) <= 0);
+
+    Tensor b = to(data_of(comm.rank(), DType::i64, piece, 43), my_gpu());
+    comm.broadcast(b, p - 1);
+    CHECK(worst(relative_error(b, data_of(p - 1, DType::i64, piece, 43))) == 0);
+  }
+
+  TEST_CASE("nccl send and recv pass a ring") {
+    Communicator& comm = gpus();
+    int p = comm.size();
+    if (p < 2) return;
+    int next = (comm.rank() + 1) % p;
+    int previous = (comm.rank() + p - 1) % p;
+    Tensor mine = to(data_of(comm.rank(), DType::f32, {64}, 50), my_gpu());
+    Tensor got = testing::poisoned({64}, {DType::f32, my_gpu()});
+    // Even ranks send first, odd ranks receive first: no cycle of waiting sends.
+    if (comm.rank() % 2 == 0) {
+      comm.send(mine, next, 0);
+      comm.recv(got, previous, 0);
+    } else {
+      comm.recv(got, previous, 0);
+      comm.send(mine, next, 0);
+    }
+    CHECK(worst(relative_error(got, data_of(previous, DType::f32, {64}, 50))) == 0);
+  }
+
+  TEST_CASE("nccl: mismatched shapes are an error on every rank, CPU tensors go to the host") {
+    Communicator& comm = gpus();
+    Tensor t = zeros({comm.rank() == 0 ? 4 : 5}, {DType::f32, my_gpu()});
+    std::string error = error_of([&] { comm.all_reduce(t, ReduceOp::sum); });
+    if (comm.size() > 1) {
+      CHECK(everywhere(contains(error, "all_reduce: rank")));
+      CHECK(everywhere(contains(error, "so no rank ran it")));
+    }
+    Tensor host = full({3}, comm.rank() + 1, {DType::f64});
+    comm.all_reduce(host, ReduceOp::sum);
+    CHECK(everywhere(host.to_vector<double>() ==
+                     std::vector<double>(3, comm.size() * (comm.size() + 1) / 2.0)));
+  }
+}
+
+}  // namespace
+}  // namespace longnet
