@@ -37,4 +37,12 @@ std::unique_ptr<Communicator> make_communicator() {
   return std::make_unique<SingleProcessCommunicator>();
 }
 
+int local_rank(const Communicator& comm) {
+  for (const char* variable :
+       {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMIX_LOCAL_RANK"}) {
+    if (const char* value = std::getenv(variable)) return std::atoi(value);
+  }
+  return comm.rank();
+}
+
 }  // namespace longnet

@@ -109,6 +109,11 @@ class Communicator {
 // without MPI it is an error that says how to get MPI support.
 std::unique_ptr<Communicator> make_communicator();
 
+// This process's index among the launched processes of its node (from the launcher's
+// OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID or PMIX_LOCAL_RANK), else its
+// rank: the GPU it should use.
+int local_rank(const Communicator& comm);
+
 // Whether this build has the MPI backend.
 bool built_with_mpi();
 

@@ -165,9 +165,11 @@ TEST_SUITE("train") {
     json again = to_json(parse_train_config(to_json(c), "again"));
     CHECK(again == to_json(c));
     CHECK(again["dist"] == json::parse(R"({"bucket_mb": 25.0, "first_bucket_mb": 1.0,
-                                            "bucket_tensors": 32, "compression": "none"})"));
-    for (const char* dist : {R"({"compression": "topk", "topk_ratio": 0.05})",
-                             R"({"compression": "powersgd", "powersgd_rank": 2})"}) {
+                                            "bucket_tensors": 32, "compression": "none",
+                                            "sequence_parallel": false})"));
+    for (const char* dist :
+         {R"({"compression": "topk", "topk_ratio": 0.05})",
+          R"({"compression": "powersgd", "powersgd_rank": 2})", R"({"sequence_parallel": true})"}) {
       TrainConfig d =
           parse_train_config(merged(toy_config(dir), {{"dist", json::parse(dist)}}), "d");
       CHECK(to_json(parse_train_config(to_json(d), "again")) == to_json(d));
@@ -234,6 +236,13 @@ TEST_SUITE("train") {
         {{{"dist", {{"compression", "topk"}, {"topk_ratio", 1.5}}}}, {"topk_ratio", "(0, 1]"}},
         {{{"dist", {{"compression", "powersgd"}, {"powersgd_rank", 0}}}},
          {"powersgd_rank", "integers >= 1"}},
+        {{{"dist", {{"sequence_parallel", 1}}}}, {"sequence_parallel"}},
+        {{{"model",
+           {{"attention", "block_sparse"},
+            {"segment_lengths", nullptr},
+            {"dilation_rates", nullptr}}},
+          {"dist", {{"sequence_parallel", true}}}},
+         {"sequence_parallel", "block_sparse attention has no sequence-parallel form"}},
     };
     for (const auto& c : cases) {
       std::string message = config_error(merged(base, c.patch));

@@ -186,7 +186,7 @@ RunConfig parse_run(const JsonReader& r) {
 
 DataParallelConfig parse_dist(const JsonReader& r) {
   r.only({"bucket_mb", "first_bucket_mb", "bucket_tensors", "compression", "topk_ratio",
-          "powersgd_rank"});
+          "powersgd_rank", "sequence_parallel"});
   const std::string& w = r.where();
   DataParallelConfig d;
   d.bucket_mb = r.number("bucket_mb", 25);
@@ -230,7 +230,13 @@ TrainConfig parse_train_config(const json& j, const std::string& where) {
     require(c.optim.warmup_steps < c.train.steps, where + ": optim", "warmup_steps",
             cat("is ", c.optim.warmup_steps, " but train.steps is ", c.train.steps,
                 "; warm up for fewer steps than the run has"));
-    c.dist = parse_dist(JsonReader(r.object("dist"), where + ": dist"));
+    JsonReader dist(r.object("dist"), where + ": dist");
+    c.dist = parse_dist(dist);
+    c.sequence_parallel = dist.flag("sequence_parallel", false);
+    require(!c.sequence_parallel || c.model.attention.index() != 2, where + ": dist",
+            "sequence_parallel",
+            "needs dense, dilated or auto attention; block_sparse attention "
+            "has no sequence-parallel form");
     return c;
   });
 }
@@ -313,7 +319,8 @@ json to_json(const TrainConfig& c) {
   json dist = {{"bucket_mb", d.bucket_mb},
                {"first_bucket_mb", d.first_bucket_mb},
                {"bucket_tensors", d.bucket_tensors},
-               {"compression", name(d.compression.kind)}};
+               {"compression", name(d.compression.kind)},
+               {"sequence_parallel", c.sequence_parallel}};
   if (d.compression.kind == Compression::topk) dist["topk_ratio"] = d.compression.topk_ratio;
   if (d.compression.kind == Compression::powersgd) {
     dist["powersgd_rank"] = d.compression.powersgd_rank;

@@ -73,6 +73,10 @@ struct TrainConfig {
   RunConfig train;
   // Data parallel over the ranks of an MPI launch (no effect on a single process).
   DataParallelConfig dist;
+  // dist.sequence_parallel: under an MPI launch the ranks share each sequence, rank r
+  // holding a contiguous slice of its positions (attention/sequence_parallel.h), instead of
+  // each taking its own batches; gradients are still averaged by DataParallel.
+  bool sequence_parallel = false;
 };
 
 // Parses and checks a configuration; where names it in messages (the file name).

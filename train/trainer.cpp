@@ -18,6 +18,7 @@
 #include "tensor/copy.h"
 #include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
+#include "tensor/elementwise.h"
 #include "tensor/view.h"
 #include "train/file_io.h"
 
@@ -164,19 +165,33 @@ Trainer::Trainer(TrainConfig config, CorpusSplit data, Communicator& comm)
                                        TensorOptions{DType::f32, config_.train.device});
   optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), config_.optim.adamw);
   if (comm_.size() > 1) {
+    if (config_.sequence_parallel) model_->use_sequence_parallel(config_.data.seq_len, comm_);
     data_parallel_ = std::make_unique<DataParallel>(model_->parameters(), comm_, config_.dist);
   }
 }
+
+bool Trainer::sequence_parallel() const { return config_.sequence_parallel && comm_.size() > 1; }
 
 Trainer::~Trainer() = default;
 
 Tensor Trainer::micro_batch_loss(const Tensor& batch, bool backward, double scale) {
   std::int64_t seq_len = config_.data.seq_len;
-  Tensor inputs = to(contiguous(narrow(batch, 1, 0, seq_len)), config_.train.device);
-  Tensor targets = to(contiguous(narrow(batch, 1, 1, seq_len)), config_.train.device);
+  SequenceSlice slice{0, seq_len};
+  double share = 1;
+  if (sequence_parallel()) {
+    // This rank's positions; its mean loss weighted by its share of them sums over the
+    // ranks to the mean over the sequence. DataParallel averages the gradients over the
+    // ranks, so backward scales by the share times the rank count.
+    slice = sequence_slice(seq_len, comm_.rank(), comm_.size());
+    share = static_cast<double>(slice.end - slice.begin) / static_cast<double>(seq_len);
+    scale *= share * comm_.size();
+  }
+  std::int64_t length = slice.end - slice.begin;
+  Tensor inputs = to(contiguous(narrow(batch, 1, slice.begin, length)), config_.train.device);
+  Tensor targets = to(contiguous(narrow(batch, 1, slice.begin + 1, length)), config_.train.device);
   Variable loss = cross_entropy(model_->forward(inputs, dropout_gen_), targets);
   if (backward) mul(loss, scale).backward();
-  return loss.data();
+  return share == 1 ? loss.data() : mul(loss.data(), share);
 }
 
 StepStats Trainer::step() {
@@ -188,12 +203,14 @@ StepStats Trainer::step() {
                           o.min_lr_ratio, step_);
   std::int64_t accum = config_.train.grad_accum;
   int ranks = comm_.size();
+  // Ranks that share each sequence read the same batches; data-parallel ranks their own.
+  int readers = sequence_parallel() ? 1 : ranks;
   double loss_sum = 0;
   for (std::int64_t i = 0; i < accum; ++i) {
     Tensor batch =
         sample_batch(data_.train, d.seq_len, d.batch_size, config_.train.seed ^ kDataSalt,
-                     data_position_ + static_cast<std::uint64_t>(comm_.rank()));
-    data_position_ += static_cast<std::uint64_t>(ranks);
+                     data_position_ + static_cast<std::uint64_t>(comm_.rank() % readers));
+    data_position_ += static_cast<std::uint64_t>(readers);
     if (data_parallel_) data_parallel_->set_sync(i == accum - 1);
     loss_sum += micro_batch_loss(batch, true, 1.0 / static_cast<double>(accum)).item();
   }
@@ -207,10 +224,11 @@ StepStats Trainer::step() {
   stats.grad_norm = clip_grad_norm(model_->parameters(), max_norm);
   stats.skipped = !std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm);
   if (ranks > 1) {
-    // The mean loss over ranks, and whether any rank saw a NaN or Inf: all skip together.
+    // The mean loss over ranks (over sequences: the ranks' shares of it summed), and
+    // whether any rank saw a NaN or Inf: all skip together.
     Tensor agreed = from_data<double>({loss_sum, stats.skipped ? 1.0 : 0.0}, {2});
     comm_.all_reduce(agreed, ReduceOp::sum);
-    stats.loss = agreed.data<double>()[0] / static_cast<double>(accum * ranks);
+    stats.loss = agreed.data<double>()[0] / static_cast<double>(accum * readers);
     stats.skipped = agreed.data<double>()[1] > 0;
   }
   if (stats.skipped) {
@@ -223,7 +241,7 @@ StepStats Trainer::step() {
   }
   model_->zero_grad();
   stats.step = ++step_;
-  stats.tokens = accum * d.batch_size * d.seq_len * ranks;
+  stats.tokens = accum * d.batch_size * d.seq_len * readers;
   stats.seconds = seconds_since(start);
   if (bad_steps_ >= config_.train.max_bad_steps) {
     throw NumericalFault(cat("step ", step_, ": the loss or gradient norm was NaN or Inf in ",
@@ -240,10 +258,12 @@ EvalStats Trainer::evaluate() {
   model_->eval();
   const DataConfig& d = config_.data;
   std::int64_t count = config_.train.eval_batches;
-  // Rank r evaluates batches r, r + ranks, ...; the losses are summed in batch order on
-  // every rank, as one process sums them.
+  // Rank r evaluates batches r, r + ranks, ... (with sequence parallel every rank its share
+  // of every batch); the losses are summed in batch order on every rank, as one process
+  // sums them.
   std::vector<double> losses(static_cast<std::size_t>(count), 0.0);
-  for (std::int64_t i = comm_.rank(); i < count; i += comm_.size()) {
+  int readers = sequence_parallel() ? 1 : comm_.size();
+  for (std::int64_t i = comm_.rank() % readers; i < count; i += readers) {
     Tensor batch = eval_batch(data_.val, d.seq_len, d.batch_size, i, count);
     losses[static_cast<std::size_t>(i)] = micro_batch_loss(batch, false, 1).item();
   }

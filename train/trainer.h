@@ -12,6 +12,12 @@
 // ranks; a NaN or Inf on any rank makes every rank skip the step (and stop together).
 // Rank r's dropout stream is keyed by the run's dropout seed and r. With one rank,
 // nothing of this runs: a single process trains exactly as it always has.
+//
+// Sequence parallel (dist.sequence_parallel): the ranks read the same batches, one per
+// micro-step as a single process does, and rank r trains on the positions
+// sequence_slice(seq_len, r, ranks) of each sequence, its self-attention spanning all ranks
+// (LongNetLM::use_sequence_parallel). Its loss is weighted by its share of the positions,
+// so the ranks' losses and averaged gradients are those of the whole sequences.
 #pragma once
 
 #include <cstdint>
@@ -80,7 +86,11 @@ class Trainer {
   const CorpusSplit& data() const { return data_; }
 
  private:
+  // This rank's part of the batch's mean loss (its share of it under sequence parallel);
+  // with backward, backpropagates scale times it (times the rank count under sequence
+  // parallel, whose gradients DataParallel averages).
   Tensor micro_batch_loss(const Tensor& batch, bool backward, double scale);
+  bool sequence_parallel() const;
 
   TrainConfig config_;
   CorpusSplit data_;
