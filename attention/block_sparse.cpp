@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "attention/cpu/common.h"
+#include "attention/cuda/block_sparse.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
 
@@ -73,62 +74,53 @@ std::vector<T> pooled(const T* x, const Geometry& g, std::int64_t n, std::int64_
   return mean;
 }
 
+// Drops key blocks after the query block under the causal mask; sorts and deduplicates.
+void finish(std::vector<std::int64_t>& kept, std::int64_t qb, bool causal) {
+  if (causal) std::erase_if(kept, [qb](std::int64_t kb) { return kb > qb; });
+  std::sort(kept.begin(), kept.end());
+  kept.erase(std::unique(kept.begin(), kept.end()), kept.end());
+}
+
 template <class T>
 std::vector<std::vector<std::int64_t>> layout_of(const T* q, const T* k, const Geometry& g,
                                                  const BlockSparseConfig& c) {
   std::int64_t bs = c.block_size;
   std::int64_t nqb = blocks(g.nq, bs);
   std::int64_t nkb = blocks(g.nk, bs);
-  auto keep = std::max<std::int64_t>(
-      1, static_cast<std::int64_t>(std::ceil(c.density * static_cast<double>(nkb))));
   std::vector<std::vector<std::int64_t>> out(static_cast<std::size_t>(g.batch * g.heads * nqb));
+  if (c.pattern != BlockPattern::content_adaptive) {
+    auto fixed = fixed_block_layout(c, g.nq, g.nk);
+    for (std::int64_t i = 0; i < g.batch * g.heads; ++i) {
+      std::copy(fixed.begin(), fixed.end(), out.begin() + i * nqb);
+    }
+    return out;
+  }
+  std::int64_t keep = kept_key_blocks(c, g.nk);
   for (std::int64_t b = 0; b < g.batch; ++b) {
     for (std::int64_t h = 0; h < g.heads; ++h) {
       std::vector<std::vector<T>> key_means;
-      if (c.pattern == BlockPattern::content_adaptive) {
-        for (std::int64_t kb = 0; kb < nkb; ++kb)
-          key_means.push_back(pooled(k, g, g.nk, b, h, kb, bs));
-      }
+      for (std::int64_t kb = 0; kb < nkb; ++kb)
+        key_means.push_back(pooled(k, g, g.nk, b, h, kb, bs));
       for (std::int64_t qb = 0; qb < nqb; ++qb) {
         std::vector<std::int64_t> kept;
-        switch (c.pattern) {
-          case BlockPattern::local_window:
-            add_window(kept, qb, keep, nkb, c.causal);
-            break;
-          case BlockPattern::dilated: {
-            auto rate = std::max<std::int64_t>(1, static_cast<std::int64_t>(1.0 / c.density));
-            for (std::int64_t kb = qb % rate; kb < nkb; kb += rate) kept.push_back(kb);
-            break;
-          }
-          case BlockPattern::global_local: {
-            std::int64_t global = std::min(c.global_blocks, nkb);
-            std::int64_t window = std::max<std::int64_t>(1, keep - global);
-            for (std::int64_t kb = 0; kb < global; ++kb) kept.push_back(kb);
-            add_window(kept, qb, window, nkb, c.causal);
-            break;
-          }
-          case BlockPattern::content_adaptive: {
-            std::vector<T> qm = pooled(q, g, g.nq, b, h, qb, bs);
-            std::vector<std::pair<T, std::int64_t>> ranked;
-            std::int64_t last = c.causal ? std::min(qb, nkb - 1) : nkb - 1;
-            for (std::int64_t kb = 0; kb <= last; ++kb) {
-              if (kb == qb) continue;  // the diagonal is always kept
-              T dot = 0;
-              for (std::int64_t e = 0; e < g.d; ++e) dot += qm[e] * key_means[kb][e];
-              ranked.emplace_back(-dot, kb);  // sorts by larger dot, then lower block
-            }
-            std::sort(ranked.begin(), ranked.end());
-            if (qb < nkb) kept.push_back(qb);
-            for (const auto& [neg_dot, kb] : ranked) {
-              if (static_cast<std::int64_t>(kept.size()) >= keep) break;
-              kept.push_back(kb);
-            }
-            break;
-          }
+        std::vector<T> qm = pooled(q, g, g.nq, b, h, qb, bs);
+        std::vector<std::pair<T, std::int64_t>> ranked;
+        std::int64_t last = c.causal ? std::min(qb, nkb - 1) : nkb - 1;
+        for (std::int64_t kb = 0; kb <= last; ++kb) {
+          if (kb == qb) continue;  // the diagonal is always kept
+          // One rounding per term in a fixed order (no contraction left to the compiler), as
+          // the GPU computes it (attention/cuda/block_sparse.cu), so both keep the same blocks.
+          T dot = 0;
+          for (std::int64_t e = 0; e < g.d; ++e) dot = std::fma(qm[e], key_means[kb][e], dot);
+          ranked.emplace_back(-dot, kb);  // sorts by larger dot, then lower block
         }
-        if (c.causal) std::erase_if(kept, [qb](std::int64_t kb) { return kb > qb; });
-        std::sort(kept.begin(), kept.end());
-        kept.erase(std::unique(kept.begin(), kept.end()), kept.end());
+        std::sort(ranked.begin(), ranked.end());
+        if (qb < nkb) kept.push_back(qb);
+        for (const auto& [neg_dot, kb] : ranked) {
+          if (static_cast<std::int64_t>(kept.size()) >= keep) break;
+          kept.push_back(kb);
+        }
+        finish(kept, qb, c.causal);
         out[(b * g.heads + h) * nqb + qb] = std::move(kept);
       }
     }
@@ -278,7 +270,64 @@ std::vector<std::vector<std::int64_t>> layout_for(const Tensor& qc, const Tensor
   return layout_of<T>(qc.data<T>(), kc.data<T>(), g, c);
 }
 
+// The inputs the CUDA kernels take (attention/cuda/block_sparse.h): those of the CPU on one
+// device, bf16, D == Dv in {32, 64, 128}, the head dim contiguous.
+Geometry check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
+  Geometry g = cpu::check_attention_shapes(q, k, v, op);
+  LN_CHECK(q.dtype() == DType::bf16 && v.size(3) == q.size(3) &&
+               cuda::block_sparse_head_dim_supported(q.size(3)),
+           op, ": on cuda takes bf16 q, k and v with one head dim of 32, 64 or 128 (tensor ",
+           "cores), got q ", describe(q), " and v ", describe(v), "; convert with to(t, ",
+           "DType::bf16), change the head dim, or run on the cpu");
+  for (const Tensor* t : {&q, &k, &v}) {
+    LN_CHECK(t->stride(3) == 1, op, ": on cuda the head dim must be contiguous (stride 1), got ",
+             "strides ", str(t->strides()), " for ", describe(*t), "; make it contiguous first");
+  }
+  return g;
+}
+
 }  // namespace
+
+std::int64_t kept_key_blocks(const BlockSparseConfig& config, std::int64_t nk) {
+  std::int64_t nkb = blocks(nk, config.block_size);
+  return std::max<std::int64_t>(
+      1, static_cast<std::int64_t>(std::ceil(config.density * static_cast<double>(nkb))));
+}
+
+std::vector<std::vector<std::int64_t>> fixed_block_layout(const BlockSparseConfig& c,
+                                                          std::int64_t nq, std::int64_t nk) {
+  c.validate();
+  LN_CHECK(c.pattern != BlockPattern::content_adaptive,
+           "fixed_block_layout: content_adaptive depends on q and k; use block_layout");
+  std::int64_t nqb = blocks(nq, c.block_size);
+  std::int64_t nkb = blocks(nk, c.block_size);
+  std::int64_t keep = kept_key_blocks(c, nk);
+  std::vector<std::vector<std::int64_t>> out(static_cast<std::size_t>(nqb));
+  for (std::int64_t qb = 0; qb < nqb; ++qb) {
+    std::vector<std::int64_t>& kept = out[qb];
+    switch (c.pattern) {
+      case BlockPattern::local_window:
+        add_window(kept, qb, keep, nkb, c.causal);
+        break;
+      case BlockPattern::dilated: {
+        auto rate = std::max<std::int64_t>(1, static_cast<std::int64_t>(1.0 / c.density));
+        for (std::int64_t kb = qb % rate; kb < nkb; kb += rate) kept.push_back(kb);
+        break;
+      }
+      case BlockPattern::global_local: {
+        std::int64_t global = std::min(c.global_blocks, nkb);
+        std::int64_t window = std::max<std::int64_t>(1, keep - global);
+        for (std::int64_t kb = 0; kb < global; ++kb) kept.push_back(kb);
+        add_window(kept, qb, window, nkb, c.causal);
+        break;
+      }
+      case BlockPattern::content_adaptive:
+        break;
+    }
+    finish(kept, qb, c.causal);
+  }
+  return out;
+}
 
 std::vector<std::vector<std::int64_t>> block_layout(const Tensor& q, const Tensor& k,
                                                     const BlockSparseConfig& config) {
@@ -293,6 +342,14 @@ std::vector<std::vector<std::int64_t>> block_layout(const Tensor& q, const Tenso
 AttentionOutput block_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                                const BlockSparseConfig& config) {
   config.validate();
+  if (q.device().is_cuda()) {
+    Geometry g = check_cuda_inputs(q, k, v, "block_sparse_attention");
+    Tensor out = empty({g.batch, g.nq, g.heads, g.dv}, {q.dtype(), q.device()});
+    Tensor lse = empty({g.batch, g.heads, g.nq}, {DType::f32, q.device()});
+    cuda::block_sparse_attention_forward(q, k, v, config, cpu::attention_scale(config.scale, g.d),
+                                         out, lse);
+    return {out, lse};
+  }
   Geometry g = cpu::check_attention_inputs(q, k, v, "block_sparse_attention");
   DType ct = cpu::attention_compute_dtype(q.dtype());
   Tensor qc = cpu::attention_operand(q);
@@ -318,11 +375,30 @@ AttentionGrads block_sparse_attention_backward(const Tensor& q, const Tensor& k,
                                                const Tensor& dout,
                                                const BlockSparseConfig& config) {
   config.validate();
-  Geometry g = cpu::check_attention_inputs(q, k, v, "block_sparse_attention_backward");
+  const char* op = "block_sparse_attention_backward";
+  bool on_cuda = q.device().is_cuda();
+  Geometry g = on_cuda ? check_cuda_inputs(q, k, v, op) : cpu::check_attention_inputs(q, k, v, op);
   LN_CHECK(out.shape() == Shape({g.batch, g.nq, g.heads, g.dv}) && dout.shape() == out.shape() &&
                lse.shape() == Shape({g.batch, g.heads, g.nq}),
-           "block_sparse_attention_backward: out ", describe(out), ", dout ", describe(dout),
-           " and lse ", describe(lse), " do not fit q ", describe(q), " and v ", describe(v));
+           op, ": out ", describe(out), ", dout ", describe(dout), " and lse ", describe(lse),
+           " do not fit q ", describe(q), " and v ", describe(v));
+  if (on_cuda) {
+    for (const Tensor* t : {&out, &dout, &lse}) check_same_device(q, *t, op);
+    check_same_dtype(q, out, op);
+    check_same_dtype(q, dout, op);
+    LN_CHECK(lse.dtype() == DType::f32 && lse.is_contiguous(), op,
+             ": lse must be the forward's contiguous f32 tensor, got ", describe(lse));
+    LN_CHECK(out.stride(3) == 1 && dout.stride(3) == 1, op,
+             ": on cuda the head dim of out and dout must be contiguous, got strides ",
+             str(out.strides()), " and ", str(dout.strides()));
+    AttentionGrads grads{empty(q.shape(), {q.dtype(), q.device()}),
+                         empty(k.shape(), {k.dtype(), k.device()}),
+                         empty(v.shape(), {v.dtype(), v.device()})};
+    cuda::block_sparse_attention_backward(q, k, v, out, lse, dout, config,
+                                          cpu::attention_scale(config.scale, g.d), grads.dq,
+                                          grads.dk, grads.dv);
+    return grads;
+  }
   DType ct = cpu::attention_compute_dtype(q.dtype());
   Tensor qc = cpu::attention_operand(q);
   Tensor kc = cpu::attention_operand(k);

@@ -14,7 +14,10 @@
 //                     mean-pooled q . mean-pooled k, always including the diagonal block.
 // Under causal masking key blocks after the query block are dropped from every pattern.
 //
-// q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H, Dv), one floating dtype, CPU.
+// q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H, Dv), one floating dtype on one device. CPU:
+// f32, f64 or bf16, any block_size. CUDA (attention/cuda/block_sparse.h): bf16 with
+// D == Dv in {32, 64, 128} on tensor cores, any block_size (multiples of 64 fill the kernels'
+// 64-row tiles); anything else is an error that says what would run.
 #pragma once
 
 #include <optional>
@@ -44,10 +47,18 @@ struct BlockSparseConfig {
   void validate() const;
 };
 
+// keep: the number of key blocks density keeps of the blocks of nk keys.
+std::int64_t kept_key_blocks(const BlockSparseConfig& config, std::int64_t nk);
+
 // The kept key blocks (sorted, distinct) of every (batch, head, query block): the pattern
-// made explicit. Indexed [(b * H + h) * nqb + qb].
+// made explicit. Indexed [(b * H + h) * nqb + qb]. CPU tensors.
 std::vector<std::vector<std::int64_t>> block_layout(const Tensor& q, const Tensor& k,
                                                     const BlockSparseConfig& config);
+
+// The same for a pattern that does not look at the data (all but content_adaptive, which is
+// an error here): one list per query block, shared by every batch and head. Indexed [qb].
+std::vector<std::vector<std::int64_t>> fixed_block_layout(const BlockSparseConfig& config,
+                                                          std::int64_t nq, std::int64_t nk);
 
 AttentionOutput block_sparse_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                                const BlockSparseConfig& config);

@@ -154,21 +154,9 @@ void backward_kernel(const T* q, const T* k, const T* v, const T* out, const T* 
 // The inputs the CUDA kernels take: those of the CPU, on one device, f32 or bf16, rows
 // addressed through strides (the last stride 1), head dims the kernels hold.
 Geometry check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const char* op) {
-  for (const Tensor* t : {&q, &k, &v}) {
-    check_defined(*t, op);
-    LN_CHECK(t->dim() == 4, op, ": q, k and v must be (batch, seq, heads, head_dim), got ",
-             describe(*t));
-  }
-  check_same_device(q, k, op);
-  check_same_device(q, v, op);
-  check_same_dtype(q, k, op);
-  check_same_dtype(q, v, op);
+  Geometry g = cpu::check_attention_shapes(q, k, v, op);
   LN_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::bf16, op,
            ": on cuda takes f32 or bf16 inputs, got ", describe(q), "; convert with to(t, f32)");
-  LN_CHECK(q.size(0) == k.size(0) && q.size(0) == v.size(0) && q.size(2) == k.size(2) &&
-               q.size(2) == v.size(2) && q.size(3) == k.size(3) && k.size(1) == v.size(1),
-           op, ": q ", describe(q), ", k ", describe(k), " and v ", describe(v),
-           " disagree: batch and heads must match, q and k share head_dim, k and v share seq");
   LN_CHECK(q.size(3) <= cuda::kMaxAttentionHeadDim && v.size(3) <= cuda::kMaxAttentionHeadDim, op,
            ": head dims up to ", cuda::kMaxAttentionHeadDim, " on cuda, got q ", describe(q),
            " and v ", describe(v), "; use more heads or the cpu");
@@ -177,7 +165,7 @@ Geometry check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
              ": on cuda the head dim must be contiguous (stride 1), got strides ",
              str(t->strides()), " for ", describe(*t), "; make it contiguous first");
   }
-  return {q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), v.size(3)};
+  return g;
 }
 
 }  // namespace

@@ -36,7 +36,7 @@ bool is_causal(const AttentionConfig& config) {
 
 namespace {
 
-// " (cpu kernel)" or " (cuda kernel)": dense and dilated attention dispatch on the inputs'
+// " (cpu kernel)" or " (cuda kernel)": the attention functions dispatch on the inputs'
 // device, so one kernel class serves both.
 std::string kernel_suffix(Device device) {
   return device.is_cuda() ? " (cuda kernel)" : " (cpu kernel)";
@@ -76,16 +76,18 @@ class DilatedKernel final : public Attention {
 
 class BlockSparseKernel final : public Attention {
  public:
-  explicit BlockSparseKernel(BlockSparseConfig c) : c_(c) {}
+  BlockSparseKernel(BlockSparseConfig c, Device device) : c_(c), device_(device) {}
   Variable forward(const Variable& q, const Variable& k, const Variable& v) const override {
     return block_sparse_attention(q, k, v, c_);
   }
   std::string describe() const override {
-    return cat("block_sparse: ", name(c_.pattern), ", density ", c_.density, " (cpu kernel)");
+    return cat("block_sparse: ", name(c_.pattern), ", density ", c_.density,
+               kernel_suffix(device_));
   }
 
  private:
   BlockSparseConfig c_;
+  Device device_;
 };
 
 }  // namespace
@@ -93,8 +95,6 @@ class BlockSparseKernel final : public Attention {
 std::shared_ptr<const Attention> make_attention(const AttentionConfig& config, Device device) {
   validate(config);
   if (device.is_cuda()) {
-    LN_CHECK(config.index() != 2, "attention \"", kind_name(config), "\" has no implementation on ",
-             str(device), " yet; use device \"cpu\", or kind dense, dilated or auto");
     LN_CHECK(cuda::built_with_cuda(), "attention \"", kind_name(config),
              "\" has no implementation on ", str(device),
              " in this build: it has no CUDA support; reconfigure with -Dcuda=enabled or use "
@@ -110,7 +110,7 @@ std::shared_ptr<const Attention> make_attention(const AttentionConfig& config, D
       return std::make_shared<DilatedKernel>(std::get<DilatedAttentionConfig>(config), false,
                                              device);
     case 2:
-      return std::make_shared<BlockSparseKernel>(std::get<BlockSparseConfig>(config));
+      return std::make_shared<BlockSparseKernel>(std::get<BlockSparseConfig>(config), device);
     default:
       break;
   }

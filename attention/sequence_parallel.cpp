@@ -318,11 +318,7 @@ Layout check_layout(const Tensor& q, const Tensor& k, const Tensor& v,
                     const DilatedAttentionConfig& config, std::int64_t n, Communicator& comm,
                     const char* op) {
   config.validate();
-  for (const Tensor* t : {&q, &k, &v}) {
-    check_defined(*t, op);
-    LN_CHECK(t->dim() == 4, op, ": q, k and v must be (batch, seq, heads, head_dim), got ",
-             describe(*t));
-  }
+  cpu::check_attention_shapes(q, k, v, op);
   LN_CHECK(n >= comm.size(), op, ": ", n, " positions cannot be split over ", comm.size(),
            " ranks (each needs at least one)");
   SequenceSlice mine = sequence_slice(n, comm.rank(), comm.size());

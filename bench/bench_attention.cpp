@@ -1,15 +1,15 @@
 // Benchmark of causal attention over growing sequence lengths, batch 1: dense attention (the
-// quadratic peer) beside dilated attention in paper and grouped mode; on the CPU also
-// block-sparse attention with a fixed number of key blocks per query block. Forward and
+// quadratic peer) beside dilated attention in paper and grouped mode and block-sparse
+// attention (local window) with a fixed number of key blocks per query block. Forward and
 // forward+backward. Prints a table and one JSON line per case.
 //
 // CPU (the default): the differentiable ops, f32, wall-clock medians.
-// CUDA (--device cuda): dilated_attention_forward / _backward on tensors, bf16, 12 heads x 64,
-// the LongNet branches w = 2048..32768, r = 1, 2, 4, 6, 12; medians of CUDA-event timings
-// after a warm-up call, useful TFLOP/s (4 D flops per visible (query, key) pair forward,
-// 2.5 times that backward) and the peak GPU memory of each case, inputs included. A case
-// that runs out of GPU memory is left out with a note. bench/torch_attention.py times the
-// PyTorch peers with the same fields; bench/compare_attention.sh runs both.
+// CUDA (--device cuda): the attention functions' _forward / _backward on tensors, bf16, 12 heads x
+// 64, the LongNet branches w = 2048..32768, r = 1, 2, 4, 6, 12; medians of CUDA-event timings after
+// a warm-up call, useful TFLOP/s (4 D flops per visible (query, key) pair forward, 2.5 times that
+// backward) and the peak GPU memory of each case, inputs included. A case that runs out of GPU
+// memory is left out with a note. bench/torch_attention.py times the PyTorch peers with the same
+// fields; bench/compare_attention.sh runs both.
 //
 //   longnet-bench-attention [--device cpu|cuda] [--dtype f32|bf16] [--sizes N,...]
 //       [--max-n N] [--dense-max-n N] [--heads H] [--head-dim D] [--segment-lengths W,...]
@@ -95,7 +95,7 @@ void print_usage(std::ostream& out) {
       << "                             2048,4096,8192,16384,32768)\n"
       << "  --dilation-rates R[,R...]  dilated rates, one per segment length (default 1,2,4 /\n"
       << "                             1,2,4,6,12)\n"
-      << "  --block-size S             block-sparse block size (default 64; cpu only)\n"
+      << "  --block-size S             block-sparse block size (default 64)\n"
       << "  --blocks-kept K            block-sparse key blocks per query block (default 8)\n"
       << "  --reps R                   timed repetitions per case, the median is reported\n"
       << "                             (default 3, at least a quarter second / 5)\n"
@@ -242,7 +242,23 @@ struct Case {
   std::function<Variable(const Variable&, const Variable&, const Variable&)> op;
   std::optional<DilatedAttentionConfig> dilated;
   nlohmann::json config;
+  std::optional<longnet::BlockSparseConfig> sparse;
 };
+
+// Visible (query, key) pairs of block-sparse attention over n positions, per head.
+double block_sparse_pairs(const longnet::BlockSparseConfig& c, std::int64_t n) {
+  double pairs = 0;
+  auto layout = longnet::fixed_block_layout(c, n, n);
+  auto rows = [&](std::int64_t block) { return std::min(c.block_size, n - block * c.block_size); };
+  for (std::size_t qb = 0; qb < layout.size(); ++qb) {
+    auto q_rows = static_cast<double>(rows(static_cast<std::int64_t>(qb)));
+    for (std::int64_t kb : layout[qb]) {
+      bool diagonal = c.causal && kb == static_cast<std::int64_t>(qb);
+      pairs += diagonal ? q_rows * (q_rows + 1) / 2 : q_rows * static_cast<double>(rows(kb));
+    }
+  }
+  return pairs;
+}
 
 std::vector<Case> make_cases(const Options& o, std::int64_t n) {
   std::vector<Case> cases;
@@ -265,7 +281,6 @@ std::vector<Case> make_cases(const Options& o, std::int64_t n) {
          config,
          {{"segment_lengths", o.segment_lengths}, {"dilation_rates", o.dilation_rates}}});
   }
-  if (o.device.is_cuda()) return cases;  // block-sparse attention has no GPU kernel
   // A fixed count of key blocks per query block keeps the cost linear in n.
   std::int64_t blocks = (n + o.block_size - 1) / o.block_size;
   longnet::BlockSparseConfig sparse{
@@ -273,15 +288,15 @@ std::vector<Case> make_cases(const Options& o, std::int64_t n) {
       std::min(1.0, static_cast<double>(o.blocks_kept) / static_cast<double>(blocks))};
   sparse.causal = true;
   sparse.validate();
-  cases.push_back({"block_sparse_local",
-                   o.max_n,
-                   [sparse](const Variable& q, const Variable& k, const Variable& v) {
-                     return longnet::block_sparse_attention(q, k, v, sparse);
-                   },
-                   std::nullopt,
-                   {{"block_size", o.block_size},
-                    {"blocks_kept", o.blocks_kept},
-                    {"density", sparse.density}}});
+  cases.push_back(
+      {"block_sparse_local",
+       o.max_n,
+       [sparse](const Variable& q, const Variable& k, const Variable& v) {
+         return longnet::block_sparse_attention(q, k, v, sparse);
+       },
+       std::nullopt,
+       {{"block_size", o.block_size}, {"blocks_kept", o.blocks_kept}, {"density", sparse.density}},
+       sparse});
   return cases;
 }
 
@@ -367,19 +382,26 @@ std::vector<Row> run_cuda(const Options& options) {
     Tensor dout = longnet::randn(shape, gen, type);
     for (const Case& c : make_cases(options, n)) {
       if (n > c.max_n) continue;
-      const DilatedAttentionConfig& config = *c.dilated;
       Row row{c.name, n, {}, {}, c.config};
-      row.fwd_flops =
-          4.0 * static_cast<double>(options.head_dim) * attention_pairs(config, n, options.heads);
+      double pairs = c.sparse
+                         ? block_sparse_pairs(*c.sparse, n) * static_cast<double>(options.heads)
+                         : attention_pairs(*c.dilated, n, options.heads);
+      row.fwd_flops = 4.0 * static_cast<double>(options.head_dim) * pairs;
       longnet::cuda::synchronize(device);
       longnet::cuda::reset_peak_memory(device);
-      auto forward = [&] { return longnet::dilated_attention_forward(q, k, v, config); };
+      auto forward = [&] {
+        return c.sparse ? longnet::block_sparse_attention_forward(q, k, v, *c.sparse)
+                        : longnet::dilated_attention_forward(q, k, v, *c.dilated);
+      };
+      auto backward = [&](const longnet::AttentionOutput& o) {
+        return c.sparse
+                   ? longnet::block_sparse_attention_backward(q, k, v, o.out, o.lse, dout,
+                                                              *c.sparse)
+                   : longnet::dilated_attention_backward(q, k, v, o.out, o.lse, dout, *c.dilated);
+      };
       try {
         row.fwd = time_events(device, options.reps, forward);
-        row.fwd_bwd = time_events(device, options.reps, [&] {
-          longnet::AttentionOutput o = forward();
-          longnet::dilated_attention_backward(q, k, v, o.out, o.lse, dout, config);
-        });
+        row.fwd_bwd = time_events(device, options.reps, [&] { backward(forward()); });
         row.peak_gpu_bytes = longnet::cuda::memory_stats(device).peak_bytes;
       } catch (const std::exception& e) {
         if (!out_of_memory(e)) throw;

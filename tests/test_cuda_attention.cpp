@@ -372,7 +372,7 @@ TEST_SUITE("gpu") {
     }
   }
 
-  TEST_CASE("the factory builds gpu kernels for dense, dilated and auto") {
+  TEST_CASE("the factory builds gpu kernels for dense, dilated, auto and block_sparse") {
     Inputs in = draw(self_attention(1, 45, 2, 32), DType::f32, 800);
     Variable q(to(in.q, kGpu));
     Variable k(to(in.k, kGpu));
@@ -391,9 +391,20 @@ TEST_SUITE("gpu") {
                         .data();
       CHECK(relative_error(got, want) < testing::kGpuF32);
     }
-    CHECK(error_of([] {
-            make_attention(BlockSparseConfig{}, kGpu);
-          }).find("\"block_sparse\" has no implementation on cuda:0") != std::string::npos);
+    // Block-sparse attention runs bf16 on the gpu, against the cpu on the same bf16 inputs.
+    BlockSparseConfig sparse{BlockPattern::global_local, 16, 0.5, 1, true};
+    auto gpu = make_attention(sparse, kGpu);
+    CHECK(gpu->describe().find("cuda") != std::string::npos);
+    Tensor got = gpu->forward(Variable(to(to(in.q, DType::bf16), kGpu)),
+                              Variable(to(to(in.k, DType::bf16), kGpu)),
+                              Variable(to(to(in.v, DType::bf16), kGpu)))
+                     .data();
+    CHECK(got.device() == kGpu);
+    Tensor want = make_attention(sparse)
+                      ->forward(Variable(to(in.q, DType::bf16)), Variable(to(in.k, DType::bf16)),
+                                Variable(to(in.v, DType::bf16)))
+                      .data();
+    CHECK(relative_error(got, want) < testing::kGpuBf16);
   }
 }
 

@@ -16,7 +16,10 @@ struct AttentionGeometry {
   std::int64_t batch, nq, nk, heads, d, dv;
 };
 
-// q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H, Dv), one floating dtype, on the CPU.
+// q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H, Dv): defined, one dtype, one device (any).
+AttentionGeometry check_attention_shapes(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         const char* op);
+// The same, and a floating dtype on the CPU.
 AttentionGeometry check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v,
                                          const char* op);
 

@@ -2,7 +2,8 @@
 // FlashAttention-2 kernels on mma.sync m16n8k16 (bf16 products, f32 accumulation, f32
 // softmax statistics). Tiles of compact rows reach shared memory by 16-byte cp.async, two
 // stages deep, each row padded by 16 bytes so that the 8 rows one ldmatrix reads fall in
-// distinct bank groups. Every warp owns 16 rows of the products it accumulates.
+// distinct bank groups. Every warp owns 16 rows of the products it accumulates. The warp-level
+// pieces are shared with block-sparse attention (attention/cuda/mma.cuh).
 //
 // Forward: 4 warps own a 64-row query tile and walk the segment's 64-key tiles with an
 // online softmax; P goes from the score accumulators to the A operand of P V in registers.
@@ -19,30 +20,21 @@
 #include <type_traits>
 
 #include "attention/cuda/dilated_kernels.cuh"
+#include "attention/cuda/mma.cuh"
 #include "tensor/cuda/check.h"
 
 namespace longnet::cuda::detail {
 
 namespace {
 
-using bf16 = __nv_bfloat16;
+using namespace tensor_core;
 
-constexpr int kPad = 8;    // bf16s of padding per shared row (16 bytes)
-constexpr int kWarps = 4;  // a block: 16 rows of its products per warp
-constexpr int kThreads = 32 * kWarps;
 constexpr int kForwardKeys = 64;  // keys per step of the forward
 static_assert(kMmaQueryTile == 16 * kWarps && kMmaKeyTile == 16 * kWarps);
 
 // Query rows per step of the backward: fewer for D = 128 keeps dk and dv (2 x 64 f32 per
 // thread) and the score tiles within the register file.
 constexpr int backward_rows(int kd) { return kd == 128 ? 32 : 64; }
-
-// 2^x (MUFU.EX2, subnormal results flushed to 0; exp2f adds a rescaling for those).
-__device__ __forceinline__ float exp2_fast(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
 
 // Programmatic dependent launch (sm_90): the launches of one call start as soon as every
 // block of the launch before has started, so that one branch's last wave overlaps the next
@@ -58,77 +50,6 @@ __device__ __forceinline__ void wait_for_previous_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
-}
-
-__device__ __forceinline__ std::uint32_t shared_address(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, bypassing L1; zeros when !valid (src is then not read).
-__device__ __forceinline__ void copy16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void copy4(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared_address(dst)),
-               "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-// Four 8x8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i.
-__device__ __forceinline__ void load_matrices(std::uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(p)));
-}
-__device__ __forceinline__ void load_matrices_transposed(std::uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(p)));
-}
-
-// c += a b for a 16x16 A (row major) and a 16x8 B (column major).
-__device__ __forceinline__ void mma(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
-                                    std::uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats as bf16s, lo in the low half (the lower column of a fragment).
-__device__ __forceinline__ std::uint32_t pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<std::uint32_t*>(&v);
-}
-
-// Fragment addresses of one lane (PTX ISA, "warp-level matrix fragment"). In an accumulator
-// (16 x 8 tile j) lane (g, t) = (lane / 4, lane % 4) holds rows g and g + 8, columns
-// 8 j + 2 t and 8 j + 2 t + 1, elements e = 0..3 at (row g + 8 (e / 2), column 2 t + e % 2).
-//
-// A operand, 16 rows x 16 k, from a row-major [row][k] tile at (row0, k0).
-__device__ __forceinline__ const bf16* a_address(const bf16* tile, int row_len, int row0, int k0,
-                                                 int lane) {
-  return tile + (row0 + lane % 8 + 8 * (lane / 8 % 2)) * row_len + k0 + 8 * (lane / 16);
-}
-// A operand from the transpose: tile is [k][row] (ldmatrix .trans).
-__device__ __forceinline__ const bf16* a_address_transposed(const bf16* tile, int row_len, int row0,
-                                                            int k0, int lane) {
-  return tile + (k0 + lane % 8 + 8 * (lane / 16)) * row_len + row0 + 8 * (lane / 8 % 2);
-}
-// B operands of two 8-column tiles (n0.., n0 + 8..) x 16 k from an [n][k] tile: registers
-// 0, 1 are the first tile's, 2, 3 the second's.
-__device__ __forceinline__ const bf16* b_address(const bf16* tile, int row_len, int n0, int k0,
-                                                 int lane) {
-  return tile + (n0 + lane % 8 + 8 * (lane / 16)) * row_len + k0 + 8 * (lane / 8 % 2);
-}
-// The same from a [k][n] tile (ldmatrix .trans).
-__device__ __forceinline__ const bf16* b_address_transposed(const bf16* tile, int row_len, int n0,
-                                                            int k0, int lane) {
-  return tile + (k0 + lane % 8 + 8 * (lane / 8 % 2)) * row_len + n0 + 8 * (lane / 16);
 }
 
 // Starts copying `rows` compact rows of one head (the first at position pos, then every r)
@@ -221,72 +142,20 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
     const bf16* vt = vs + (step % 2) * kKeys * kRow;
 
     float sc[kKeys / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-#pragma unroll
-      for (int jj = 0; jj < kKeys / 16; ++jj) {
-        std::uint32_t b[4];
-        load_matrices(b, b_address(kt, kRow, 16 * jj, 16 * kk, lane));
-        mma(sc[2 * jj], qf[kk], b[0], b[1]);
-        mma(sc[2 * jj + 1], qf[kk], b[2], b[3]);
-      }
-    }
-
+    add_scores<kKeys, kD>(sc, qf, kt, lane);
     // Keys past the segment's end or (causal) after the row are masked; only tiles at the
-    // edges have any. The scale is positive (validated), so the row max is taken on raw
-    // scores and the scale folds into one fma with the exponent's shift.
+    // edges have any.
     const bool edge = k0 + kKeys > s.nk || (p.causal && k0 + kKeys - 1 > warp_row);
-    float top[2] = {m[0], m[1]};
-#pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (edge) {
-          const std::int64_t key = k0 + 8 * j + 2 * t + e % 2;
-          const std::int64_t row = warp_row + g + 8 * (e / 2);
-          if (key >= s.nk || (p.causal && key > row)) sc[j][e] = -kInf;
-        }
-        top[e / 2] = fmaxf(top[e / 2], sc[j][e]);
-      }
-    }
-    float shift[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 1));
-      top[i] = fmaxf(top[i], __shfl_xor_sync(0xffffffffu, top[i], 2));
-      // A row that has seen no key yet keeps exp2(-inf - 0) = 0 everywhere instead of NaN.
-      shift[i] = top[i] == -kInf ? 0.f : top[i] * p.scale_log2;
-      const float alpha = exp2_fast(fmaf(m[i], p.scale_log2, -shift[i]));
-      m[i] = top[i];
-      l[i] *= alpha;
-#pragma unroll
-      for (int j = 0; j < kD / 8; ++j) {
-        o[j][2 * i] *= alpha;
-        o[j][2 * i + 1] *= alpha;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        sc[j][e] = exp2_fast(fmaf(sc[j][e], p.scale_log2, -shift[e / 2]));
-        l[e / 2] += sc[j][e];
-      }
-    }
-    // o += P V: the score accumulators of keys 16 kk.. are the A fragment as they stand.
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const std::uint32_t a[4] = {
-          pack(sc[2 * kk][0], sc[2 * kk][1]), pack(sc[2 * kk][2], sc[2 * kk][3]),
-          pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-      for (int nn = 0; nn < kD / 16; ++nn) {
-        std::uint32_t b[4];
-        load_matrices_transposed(b, b_address_transposed(vt, kRow, 16 * nn, 16 * kk, lane));
-        mma(o[2 * nn], a, b[0], b[1]);
-        mma(o[2 * nn + 1], a, b[2], b[3]);
-      }
-    }
+    online_softmax<kKeys, kD>(
+        sc, m, l, o, p.scale_log2,
+        [edge, k0, warp_row, g, t, nk = s.nk, causal = p.causal](float& x, int j, int e) {
+          if (edge) {
+            const std::int64_t key = k0 + 8 * j + 2 * t + e % 2;
+            const std::int64_t row = warp_row + g + 8 * (e / 2);
+            if (key >= nk || (causal && key > row)) x = -kInf;
+          }
+        });
+    add_pv<kKeys, kD>(o, sc, vt, lane);
   }
 
   if (br.merge) wait_for_previous_launch();
@@ -414,32 +283,12 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
 
     if (p.causal && warp_key > a0 + kRows - 1) {
       // All of this warp's keys lie after the tile's queries: its rows of dS^T are 0.
-      for (int i = lane; i < 8 * kRows; i += 32) {
-        std::uint32_t* row =
-            reinterpret_cast<std::uint32_t*>(dst_s + (16 * warp + i / (kRows / 2)) * kSRow);
-        row[i % (kRows / 2)] = 0;
-      }
+      zero_ds_rows<kRows>(dst_s, warp, lane);
     } else {
       // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
       float st[kRows / 8][4] = {};
       float dpt[kRows / 8][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        std::uint32_t ka[4];
-        std::uint32_t va[4];
-        load_matrices(ka, a_address(ks, kRow, 16 * warp, 16 * kk, lane));
-        load_matrices(va, a_address(vs, kRow, 16 * warp, 16 * kk, lane));
-#pragma unroll
-        for (int jj = 0; jj < kRows / 16; ++jj) {
-          std::uint32_t b[4];
-          load_matrices(b, b_address(qt, kRow, 16 * jj, 16 * kk, lane));
-          mma(st[2 * jj], ka, b[0], b[1]);
-          mma(st[2 * jj + 1], ka, b[2], b[3]);
-          load_matrices(b, b_address(dot, kRow, 16 * jj, 16 * kk, lane));
-          mma(dpt[2 * jj], va, b[0], b[1]);
-          mma(dpt[2 * jj + 1], va, b[2], b[3]);
-        }
-      }
+      add_transposed_scores<kRows, kD>(st, dpt, ks, vs, qt, dot, warp, lane);
 
       // P^T and dS^T; pairs past the ends or (causal) with the key after the query are 0.
       const bool edge = a0 + kRows > s.nq || k0 + kKeys > s.nk || (p.causal && warp_key + 15 > a0);
@@ -462,53 +311,17 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
       }
 
       // dV += P^T dO and dK += dS^T Q; dS^T to shared memory for dQ.
-#pragma unroll
-      for (int kk = 0; kk < kRows / 16; ++kk) {
-        const std::uint32_t pa[4] = {
-            pack(st[2 * kk][0], st[2 * kk][1]), pack(st[2 * kk][2], st[2 * kk][3]),
-            pack(st[2 * kk + 1][0], st[2 * kk + 1][1]), pack(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-        const std::uint32_t sa[4] = {pack(dpt[2 * kk][0], dpt[2 * kk][1]),
-                                     pack(dpt[2 * kk][2], dpt[2 * kk][3]),
-                                     pack(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                                     pack(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
-        std::uint32_t* ds_row =
-            reinterpret_cast<std::uint32_t*>(dst_s + (16 * warp + g) * kSRow + 16 * kk + 2 * t);
-        ds_row[0] = sa[0];
-        ds_row[8 * kSRow / 2] = sa[1];
-        ds_row[4] = sa[2];
-        ds_row[8 * kSRow / 2 + 4] = sa[3];
-#pragma unroll
-        for (int nn = 0; nn < kD / 16; ++nn) {
-          std::uint32_t b[4];
-          load_matrices_transposed(b, b_address_transposed(dot, kRow, 16 * nn, 16 * kk, lane));
-          mma(dv_acc[2 * nn], pa, b[0], b[1]);
-          mma(dv_acc[2 * nn + 1], pa, b[2], b[3]);
-          load_matrices_transposed(b, b_address_transposed(qt, kRow, 16 * nn, 16 * kk, lane));
-          mma(dk_acc[2 * nn], sa, b[0], b[1]);
-          mma(dk_acc[2 * nn + 1], sa, b[2], b[3]);
-        }
-      }
+      add_dv_dk<kRows, kD>(dv_acc, dk_acc, st, dpt, dst_s, qt, dot, warp, lane);
     }
     __syncthreads();
 
-    // dQ = dS K: warp w takes 16 query rows (w mod kRowGroups) and a column range.
-    constexpr int kRowGroups = kRows / 16;
-    constexpr int kCols = kD / (kWarps / kRowGroups);
-    const int row0 = 16 * (warp % kRowGroups);
-    const int col0 = kCols * (warp / kRowGroups);
+    // dQ = dS K: warp w takes 16 query rows and a column range.
+    using Split = DqSplit<kRows, kD>;
+    constexpr int kCols = Split::kCols;
+    const int row0 = Split::row0(warp);
+    const int col0 = Split::col0(warp);
     float dq_acc[kCols / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      std::uint32_t a[4];
-      load_matrices_transposed(a, a_address_transposed(dst_s, kSRow, row0, 16 * kk, lane));
-#pragma unroll
-      for (int nn = 0; nn < kCols / 16; ++nn) {
-        std::uint32_t b[4];
-        load_matrices_transposed(b, b_address_transposed(ks, kRow, col0 + 16 * nn, 16 * kk, lane));
-        mma(dq_acc[2 * nn], a, b[0], b[1]);
-        mma(dq_acc[2 * nn + 1], a, b[2], b[3]);
-      }
-    }
+    add_dq<kRows, kD>(dq_acc, dst_s, ks, warp, lane);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const std::int64_t query = a0 + row0 + g + 8 * i;
@@ -583,14 +396,6 @@ void launch_mma(void (*kernel)(Params...), dim3 grid, std::size_t shared, cudaSt
   config.attrs = &overlap;
   config.numAttrs = major >= 9 ? 1 : 0;
   LN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
-}
-
-// Calls f with the head dim (32, 64 or 128) as a constant.
-template <class F>
-void with_head_dim(std::int64_t d, F f) {
-  if (d == 32) return f(std::integral_constant<int, 32>{});
-  if (d == 64) return f(std::integral_constant<int, 64>{});
-  return f(std::integral_constant<int, 128>{});
 }
 
 }  // namespace
