@@ -37,6 +37,11 @@ std::unique_ptr<Communicator> make_communicator() {
   return std::make_unique<SingleProcessCommunicator>();
 }
 
+void Communicator::set_timeout(double seconds) {
+  LN_CHECK(seconds > 0, "set_timeout: ", seconds, " s; valid: seconds > 0 (infinity: no limit)");
+  timeout_ = seconds;
+}
+
 int local_rank(const Communicator& comm) {
   for (const char* variable :
        {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMIX_LOCAL_RANK"}) {

@@ -19,7 +19,8 @@
 //   tests/test_dist.cpp checks it for the MPI in use).
 // - Outputs are written in place; a tensor argument is a handle, so views may be passed.
 // - Calls block until this rank's part is done. A rank that never arrives leaves the
-//   others waiting: collective timeouts are a later step (see wait_for in dist/mpi.cpp).
+//   others waiting until the communicator's timeout (set_timeout; none by default), when
+//   their calls throw.
 // - The *_async calls start a collective and return a Work to wait on later. They check
 //   and agree on their arguments when they start, exactly as the blocking calls do (the
 //   MPI backend gathers every rank's arguments there: a small blocking all-gather, so every
@@ -29,6 +30,7 @@
 // - One thread at a time may use a communicator.
 #pragma once
 
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -100,6 +102,16 @@ class Communicator {
 
   // Returns once every rank has called it.
   virtual void barrier() = 0;
+
+  // How long a call waits for the other ranks before it gives up with an error naming the
+  // call (seconds > 0; the default, infinity, waits forever). After such an error the
+  // communicator is unusable: the program should end, and the launcher then ends the other
+  // ranks, so a rank that stopped or hangs stops the run instead of leaving it waiting.
+  virtual void set_timeout(double seconds);
+  double timeout() const { return timeout_; }
+
+ private:
+  double timeout_ = std::numeric_limits<double>::infinity();
 };
 
 // Under an MPI launcher (mpirun, srun: found from the environment, e.g.

@@ -9,9 +9,12 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <functional>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "dist/arguments.h"
@@ -91,11 +94,31 @@ void finish_reduction(const Tensor& acc, const Tensor& out, ReduceOp op, int siz
   if (acc.raw_data() != out.raw_data()) copy_(out, acc);
 }
 
-// Polls until done() is true: the one place this backend waits on other ranks. Collective
-// timeouts (a later step of issue 7) go here: a deadline, then a message naming call and
-// every rank stopped (MPI_Abort), instead of waiting forever for a rank that died.
-void wait_for([[maybe_unused]] const char* call, const std::function<bool()>& done) {
-  while (!done()) {
+// Buffers of calls given up after a timeout: MPI may still write into them, so they are
+// never freed.
+void abandon(std::shared_ptr<const void> buffers) {
+  static std::vector<std::shared_ptr<const void>> graveyard;
+  graveyard.push_back(std::move(buffers));
+}
+
+// Polls until done() is true: the one place this backend waits on other ranks. After a
+// while it sleeps between polls, so that ranks sharing cores leave them to the ranks with
+// work. Past timeout seconds it throws: a rank that stopped or hangs then stops the others
+// (their error ends the program, and the launcher ends the rest) instead of leaving them
+// waiting forever.
+void wait_for(const char* call, const std::function<bool()>& done, double timeout, int rank) {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point start = Clock::now();
+  for (std::int64_t polls = 0; !done(); ++polls) {
+    if (polls < 1000) continue;
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    double waited = std::chrono::duration<double>(Clock::now() - start).count();
+    if (waited > timeout) {
+      throw Error(cat(call, ": rank ", rank, " waited ", timeout,
+                      " s for the other ranks (the communicator's timeout, dist.timeout_s in ",
+                      "longnet-train): a rank has stopped, hangs or called another collective; ",
+                      "giving up"));
+    }
   }
 }
 
@@ -103,9 +126,14 @@ void wait_for([[maybe_unused]] const char* call, const std::function<bool()>& do
 // completes; then finish (when given) runs: a reduction's avg and bf16 rounding.
 class MpiWork final : public Work {
  public:
-  MpiWork(const char* call, MPI_Request request, std::vector<Tensor> buffers,
-          std::function<void()> finish = {})
-      : call_(call), request_(request), buffers_(std::move(buffers)), finish_(std::move(finish)) {}
+  MpiWork(const char* call, MPI_Request request, std::vector<Tensor> buffers, double timeout,
+          int rank, std::function<void()> finish = {})
+      : call_(call),
+        request_(request),
+        buffers_(std::move(buffers)),
+        timeout_(timeout),
+        rank_(rank),
+        finish_(std::move(finish)) {}
 
   ~MpiWork() override {
     // MPI cannot cancel a collective, and its buffers must outlive it. An error here has
@@ -130,15 +158,26 @@ class MpiWork final : public Work {
   }
 
   void wait() override {
-    wait_for(call_, [&] { return test(); });
+    if (done_ || given_up_) return;
+    try {
+      wait_for(
+          call_, [&] { return test(); }, timeout_, rank_);
+    } catch (const Error&) {
+      given_up_ = true;
+      abandon(std::make_shared<std::vector<Tensor>>(std::move(buffers_)));
+      throw;
+    }
   }
 
  private:
   const char* call_;
   MPI_Request request_;
   std::vector<Tensor> buffers_;
+  double timeout_;
+  int rank_;
   std::function<void()> finish_;
   bool done_ = false;
+  bool given_up_ = false;  // timed out: the buffers are abandoned
 };
 
 // What every rank must pass alike to a collective, and whether this rank's arguments were
@@ -224,7 +263,8 @@ class MpiCommunicator final : public Communicator {
     LN_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, acc.raw_data(), static_cast<int>(acc.numel()),
                                 mpi_type(acc.dtype()), mpi_op(op), comm_, &request));
     int size = size_;
-    return std::make_unique<MpiWork>("all_reduce", request, std::vector<Tensor>{acc},
+    return std::make_unique<MpiWork>("all_reduce", request, std::vector<Tensor>{acc}, timeout(),
+                                     rank_,
                                      [acc, t, op, size] { finish_reduction(acc, t, op, size); });
   }
 
@@ -246,7 +286,8 @@ class MpiCommunicator final : public Communicator {
     MPI_Request request = MPI_REQUEST_NULL;
     LN_MPI_CHECK(MPI_Iallgather(send, count, mpi_type(in.dtype()), out.raw_data(), count,
                                 mpi_type(in.dtype()), comm_, &request));
-    return std::make_unique<MpiWork>("all_gather", request, std::vector<Tensor>{in, out});
+    return std::make_unique<MpiWork>("all_gather", request, std::vector<Tensor>{in, out}, timeout(),
+                                     rank_);
   }
 
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
@@ -265,7 +306,7 @@ class MpiCommunicator final : public Communicator {
     LN_MPI_CHECK(MPI_Ireduce_scatter_block(src.raw_data(), acc.raw_data(),
                                            static_cast<int>(acc.numel()), mpi_type(acc.dtype()),
                                            mpi_op(op), comm_, &request));
-    wait(request, "reduce_scatter");
+    wait(request, "reduce_scatter", std::make_shared<std::vector<Tensor>>(std::vector{src, acc}));
     finish_reduction(acc, out, op, size_);
   }
 
@@ -281,7 +322,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Request request = MPI_REQUEST_NULL;
     LN_MPI_CHECK(MPI_Ibcast(t.raw_data(), static_cast<int>(t.numel()), mpi_type(t.dtype()), root,
                             comm_, &request));
-    wait(request, "broadcast");
+    wait(request, "broadcast", std::make_shared<Tensor>(t));
   }
 
   // Point to point moves bytes, so that recv can compare byte counts.
@@ -290,18 +331,21 @@ class MpiCommunicator final : public Communicator {
     MPI_Request request = MPI_REQUEST_NULL;
     LN_MPI_CHECK(
         MPI_Isend(t.raw_data(), static_cast<int>(bytes), MPI_BYTE, dst, tag, comm_, &request));
-    wait(request, "send");
+    wait(request, "send", std::make_shared<Tensor>(t));
   }
 
   void recv(const Tensor& t, int src, int tag) override {
     std::int64_t bytes = checked_bytes(t, src, tag, "recv");
     MPI_Message message = MPI_MESSAGE_NULL;
     MPI_Status status;
-    wait_for("recv", [&] {
-      int found = 0;
-      LN_MPI_CHECK(MPI_Improbe(src, tag, comm_, &found, &message, &status));
-      return found != 0;
-    });
+    wait_for(
+        "recv",
+        [&] {
+          int found = 0;
+          LN_MPI_CHECK(MPI_Improbe(src, tag, comm_, &found, &message, &status));
+          return found != 0;
+        },
+        timeout(), rank_);
     int sent = 0;
     LN_MPI_CHECK(MPI_Get_count(&status, MPI_BYTE, &sent));
     if (sent != bytes) {
@@ -312,13 +356,13 @@ class MpiCommunicator final : public Communicator {
     }
     MPI_Request request = MPI_REQUEST_NULL;
     LN_MPI_CHECK(MPI_Imrecv(t.raw_data(), sent, MPI_BYTE, &message, &request));
-    wait(request, "recv");
+    wait(request, "recv", std::make_shared<Tensor>(t));
   }
 
   void barrier() override {
     MPI_Request request = MPI_REQUEST_NULL;
     LN_MPI_CHECK(MPI_Ibarrier(comm_, &request));
-    wait(request, "barrier");
+    wait(request, "barrier", nullptr);
   }
 
  private:
@@ -327,7 +371,9 @@ class MpiCommunicator final : public Communicator {
   // rank otherwise.
   void agree(const char* call, const std::function<void()>& check, const Tensor& t,
              std::int64_t param, Param meaning) {
-    Signature mine;
+    // On the heap: a call given up after a timeout leaves them to MPI.
+    auto signatures = std::make_shared<std::vector<Signature>>(static_cast<std::size_t>(size_ + 1));
+    Signature& mine = signatures->back();
     std::string error;
     try {
       check();
@@ -335,11 +381,11 @@ class MpiCommunicator final : public Communicator {
     } catch (const Error& e) {
       error = e.what();
     }
-    std::vector<Signature> all(static_cast<std::size_t>(size_));
     MPI_Request request = MPI_REQUEST_NULL;
-    LN_MPI_CHECK(MPI_Iallgather(&mine, sizeof(Signature), MPI_BYTE, all.data(), sizeof(Signature),
-                                MPI_BYTE, comm_, &request));
-    wait(request, call);
+    LN_MPI_CHECK(MPI_Iallgather(&mine, sizeof(Signature), MPI_BYTE, signatures->data(),
+                                sizeof(Signature), MPI_BYTE, comm_, &request));
+    wait(request, call, signatures);
+    std::vector<Signature> all(signatures->begin(), signatures->end() - 1);
     if (!error.empty()) throw Error(error);
     for (int r = 0; r < size_; ++r) {
       LN_CHECK(all[r].valid, call, ": rank ", r,
@@ -369,12 +415,21 @@ class MpiCommunicator final : public Communicator {
     return bytes;
   }
 
-  void wait(MPI_Request& request, const char* call) {
-    wait_for(call, [&] {
-      int done = 0;
-      LN_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
-      return done != 0;
-    });
+  // Waits for request; after a timeout the buffers it uses (kept) are abandoned to MPI.
+  void wait(MPI_Request& request, const char* call, std::shared_ptr<const void> kept) {
+    try {
+      wait_for(
+          call,
+          [&] {
+            int done = 0;
+            LN_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+            return done != 0;
+          },
+          timeout(), rank_);
+    } catch (const Error&) {
+      abandon(std::move(kept));
+      throw;
+    }
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;

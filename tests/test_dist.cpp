@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <thread>
 
 #include "autograd/ops.h"
 #include "dist/communicator.h"
@@ -270,6 +271,10 @@ TEST_SUITE("dist") {
       CHECK(same_values(t, data));
     }
     comm.barrier();
+  }
+
+  TEST_CASE("a timeout must be positive") {
+    CHECK(contains(error_of([] { make_communicator()->set_timeout(0); }), "valid: seconds > 0"));
   }
 
   TEST_CASE("the single-process communicator has no peer to send to or receive from") {
@@ -893,6 +898,26 @@ TEST_SUITE("dist") {
     sum(mul(mul(Variable(x), w[first ? 0 : 1]), w[first ? 1 : 0])).backward();
     std::string error = error_of([&] { dp.synchronize(); });
     CHECK(everywhere(contains(error, "the ranks' buckets differ")));
+  }
+
+  TEST_CASE("a rank that does not arrive makes the others' call time out with a message") {
+    // A communicator of its own: after a timeout it is unusable, and it is never freed
+    // (MPI may still complete the abandoned call).
+    Communicator& late = *make_communicator().release();
+    late.set_timeout(0.5);
+    std::string error;
+    if (world().rank() == 0) {
+      error = error_of([&] { late.barrier(); });
+    } else {
+      // Rank 0 gives up first; these ranks then arrive and complete the barrier as MPI
+      // progresses rank 0's abandoned call.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      late.set_timeout(60);
+      late.barrier();
+    }
+    CHECK(everywhere(world().rank() != 0 ||
+                     contains(error, "barrier: rank 0 waited 0.5 s for the other ranks")));
+    CHECK(everywhere(world().rank() != 0 || contains(error, "giving up")));
   }
 
   TEST_CASE("a NaN on one rank makes every rank skip the step, then stop together") {

@@ -166,7 +166,8 @@ TEST_SUITE("train") {
     CHECK(again == to_json(c));
     CHECK(again["dist"] == json::parse(R"({"bucket_mb": 25.0, "first_bucket_mb": 1.0,
                                             "bucket_tensors": 32, "compression": "none",
-                                            "sequence_parallel": false})"));
+                                            "sequence_parallel": false,
+                                            "timeout_s": 600.0})"));
     for (const char* dist :
          {R"({"compression": "topk", "topk_ratio": 0.05})",
           R"({"compression": "powersgd", "powersgd_rank": 2})", R"({"sequence_parallel": true})"}) {
@@ -237,6 +238,7 @@ TEST_SUITE("train") {
         {{{"dist", {{"compression", "powersgd"}, {"powersgd_rank", 0}}}},
          {"powersgd_rank", "integers >= 1"}},
         {{{"dist", {{"sequence_parallel", 1}}}}, {"sequence_parallel"}},
+        {{{"dist", {{"timeout_s", 0}}}}, {"timeout_s", "seconds > 0"}},
         {{{"model",
            {{"attention", "block_sparse"},
             {"segment_lengths", nullptr},

@@ -186,7 +186,7 @@ RunConfig parse_run(const JsonReader& r) {
 
 DataParallelConfig parse_dist(const JsonReader& r) {
   r.only({"bucket_mb", "first_bucket_mb", "bucket_tensors", "compression", "topk_ratio",
-          "powersgd_rank", "sequence_parallel"});
+          "powersgd_rank", "sequence_parallel", "timeout_s"});
   const std::string& w = r.where();
   DataParallelConfig d;
   d.bucket_mb = r.number("bucket_mb", 25);
@@ -233,6 +233,9 @@ TrainConfig parse_train_config(const json& j, const std::string& where) {
     JsonReader dist(r.object("dist"), where + ": dist");
     c.dist = parse_dist(dist);
     c.sequence_parallel = dist.flag("sequence_parallel", false);
+    c.timeout_s = dist.number("timeout_s", 600);
+    require(c.timeout_s > 0, where + ": dist", "timeout_s",
+            cat("is ", c.timeout_s, "; valid: seconds > 0"));
     require(!c.sequence_parallel || c.model.attention.index() != 2, where + ": dist",
             "sequence_parallel",
             "needs dense, dilated or auto attention; block_sparse attention "
@@ -320,7 +323,8 @@ json to_json(const TrainConfig& c) {
                {"first_bucket_mb", d.first_bucket_mb},
                {"bucket_tensors", d.bucket_tensors},
                {"compression", name(d.compression.kind)},
-               {"sequence_parallel", c.sequence_parallel}};
+               {"sequence_parallel", c.sequence_parallel},
+               {"timeout_s", c.timeout_s}};
   if (d.compression.kind == Compression::topk) dist["topk_ratio"] = d.compression.topk_ratio;
   if (d.compression.kind == Compression::powersgd) {
     dist["powersgd_rank"] = d.compression.powersgd_rank;

@@ -77,6 +77,9 @@ struct TrainConfig {
   // holding a contiguous slice of its positions (attention/sequence_parallel.h), instead of
   // each taking its own batches; gradients are still averaged by DataParallel.
   bool sequence_parallel = false;
+  // dist.timeout_s: how long a rank waits for the others in a collective before it stops
+  // the run with an error (Communicator::set_timeout).
+  double timeout_s = 600;
 };
 
 // Parses and checks a configuration; where names it in messages (the file name).

@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
       config.train.device = longnet::Device::cuda(gpu);
       comm = longnet::make_nccl_communicator(std::move(comm), gpu);
     }
+    comm->set_timeout(config.timeout_s);
     longnet::RunPlan plan = longnet::plan_run(config, out);
     if (check_only) {
       out << path << ": ok (" << plan.data.train.size() << " training and " << plan.data.val.size()

@@ -301,6 +301,13 @@ class NcclCommunicator final : public Communicator {
   // The host's barrier: every rank has called it once it returns (GPU work may still run).
   void barrier() override { host_->barrier(); }
 
+  // The host's waits (argument agreement, CPU tensors) time out; NCCL's operations are
+  // stream-ordered and have no host wait to time out yet.
+  void set_timeout(double seconds) override {
+    Communicator::set_timeout(seconds);
+    host_->set_timeout(seconds);
+  }
+
  private:
   static constexpr int kMaxTag = 32767;
 
