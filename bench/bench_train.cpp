@@ -4,7 +4,10 @@
 //
 // Builds the configured model and data exactly as longnet-train does, runs W untimed
 // optimizer steps, then N timed ones (no evaluation, no checkpoints, nothing written), and
-// prints one JSON line: tokens/s (median and overall), step time and peak memory.
+// prints one JSON line: tokens/s (median and overall), step time and peak memory. Under
+// mpirun it trains over the ranks as longnet-train does (data or sequence parallel, NCCL
+// for GPUs); rank 0 prints, with the rank count and the gradient bytes it sent per step,
+// and tokens count every rank's.
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -14,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/harness.h"
+#include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
 #include "train/trainer.h"
 
@@ -52,16 +56,20 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    std::unique_ptr<Communicator> comm = make_communicator();
     TrainConfig config = load_train_config(config_path);
-    Trainer trainer(config, load_training_data(config));
+    comm = run_communicator(std::move(comm), config);
+    Trainer trainer(config, load_training_data(config), *comm);
     for (std::int64_t i = 0; i < warmup; ++i) trainer.step();
     std::vector<double> seconds;
     std::int64_t tokens = 0;
+    std::int64_t bytes_sent = 0;
     auto start = bench::Clock::now();
     for (std::int64_t i = 0; i < steps; ++i) {
       StepStats s = trainer.step();
       seconds.push_back(s.seconds);
       tokens += s.tokens;
+      bytes_sent += s.bytes_sent;
     }
     double total = std::chrono::duration<double>(bench::Clock::now() - start).count();
     std::sort(seconds.begin(), seconds.end());
@@ -86,10 +94,21 @@ int main(int argc, char** argv) {
         {"peak_rss_bytes", static_cast<std::int64_t>(usage.ru_maxrss) * 1024},
     };
     if (config.train.device.is_cuda()) {
+      // The largest of any rank.
+      Tensor peak =
+          full({}, static_cast<double>(cuda::memory_stats(config.train.device.index).peak_bytes),
+               {DType::f64});
+      comm->all_reduce(peak, ReduceOp::max);
       result["precision"] = name(config.train.precision);
-      result["peak_gpu_bytes"] = cuda::memory_stats(config.train.device.index).peak_bytes;
+      result["peak_gpu_bytes"] = static_cast<std::int64_t>(peak.item());
     }
-    std::cout << result.dump() << "\n";
+    if (comm->size() > 1) {
+      result["ranks"] = comm->size();
+      result["sequence_parallel"] = config.sequence_parallel;
+      result["compression"] = name(config.dist.compression.kind);
+      result["bytes_sent_per_step"] = bytes_sent / steps;  // rank 0's
+    }
+    if (comm->rank() == 0) std::cout << result.dump() << "\n";
     return 0;
   } catch (const ConfigError& e) {
     std::cerr << "longnet-bench-train: " << e.what() << "\n";

@@ -14,8 +14,6 @@
 #include <string>
 
 #include "dist/communicator.h"
-#include "dist/cuda/nccl.h"
-#include "tensor/cuda/runtime.h"
 #include "train/trainer.h"
 
 namespace {
@@ -58,19 +56,7 @@ int main(int argc, char** argv) {
     std::ostream silent(nullptr);
     std::ostream& out = comm->rank() == 0 ? std::cout : silent;
     longnet::TrainConfig config = longnet::load_train_config(path);
-    if (comm->size() > 1 && config.train.device.is_cuda()) {
-      // One GPU per process of a node; GPU tensors move through NCCL, CPU ones through MPI.
-      int gpu = longnet::local_rank(*comm);
-      int gpus = longnet::cuda::device_count();
-      if (gpu >= gpus) {
-        throw longnet::Error(longnet::cat("process ", gpu, " of its node needs cuda:", gpu,
-                                          ", but the node has ", gpus,
-                                          " CUDA device(s); launch at most one process per GPU"));
-      }
-      config.train.device = longnet::Device::cuda(gpu);
-      comm = longnet::make_nccl_communicator(std::move(comm), gpu);
-    }
-    comm->set_timeout(config.timeout_s);
+    comm = longnet::run_communicator(std::move(comm), config);
     longnet::RunPlan plan = longnet::plan_run(config, out);
     if (check_only) {
       out << path << ": ok (" << plan.data.train.size() << " training and " << plan.data.val.size()

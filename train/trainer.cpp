@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "autograd/ops.h"
+#include "dist/cuda/nccl.h"
 #include "dist/single_process.h"
 #include "nn/loss.h"
 #include "tensor/copy.h"
@@ -446,6 +447,23 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log, Co
   }
   out << "done in " << duration_text(seconds_since(start)) << "; checkpoints and metrics.jsonl in "
       << t.out_dir << "\n";
+}
+
+std::unique_ptr<Communicator> run_communicator(std::unique_ptr<Communicator> launched,
+                                               TrainConfig& config) {
+  std::unique_ptr<Communicator> comm = std::move(launched);
+  if (comm->size() > 1 && config.train.device.is_cuda()) {
+    // One GPU per process of a node; GPU tensors move through NCCL, CPU ones through MPI.
+    int gpu = local_rank(*comm);
+    int gpus = cuda::device_count();
+    LN_CHECK(gpu < gpus, "rank ", comm->rank(), " is process ", gpu,
+             " of its node and needs cuda:", gpu, ", but the node has ", gpus,
+             " CUDA device(s); launch at most one process per GPU");
+    config.train.device = Device::cuda(gpu);
+    comm = make_nccl_communicator(std::move(comm), gpu);
+  }
+  comm->set_timeout(config.timeout_s);
+  return comm;
 }
 
 }  // namespace longnet

@@ -128,4 +128,11 @@ RunPlan plan_run(const TrainConfig& config, std::ostream& log);
 // writes out_dir and log.
 void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log, Communicator& comm);
 
+// The communicator of a run from the launched one (make_communicator()): for a GPU run with
+// more than one rank the NCCL backend around it, each process on the GPU of its index on
+// the node (written into config.train.device; an error when the node has too few GPUs),
+// else launched itself; its timeout set to dist.timeout_s.
+std::unique_ptr<Communicator> run_communicator(std::unique_ptr<Communicator> launched,
+                                               TrainConfig& config);
+
 }  // namespace longnet
