@@ -60,6 +60,7 @@ std::vector<Tensor> pieces(const Tensor& flat, const std::vector<Shape>& shapes)
 
 std::vector<Shape> shapes_of(const std::vector<Tensor>& tensors) {
   std::vector<Shape> shapes;
+  shapes.reserve(tensors.size());
   for (const Tensor& t : tensors) shapes.push_back(t.shape());
   return shapes;
 }

@@ -52,7 +52,7 @@ DataParallel::DataParallel(std::vector<Variable> parameters, Communicator& comm,
                            DataParallelConfig config)
     : parameters_(std::move(parameters)),
       comm_(comm),
-      config_(config),
+      config_(std::move(config)),
       ready_(parameters_.size(), false) {
   validate(config_);
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
