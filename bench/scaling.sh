@@ -6,10 +6,11 @@
 #   LONGNET_BENCH_TRAIN=runs/bin/longnet-bench-train bash bench/scaling.sh [DATA]
 #
 # 1. Data parallel at N tokens per rank (DP_SEQ, default 131072): tokens/s on 1 rank and on
-#    P (RANKS, default 2), the efficiency tokens/s(P) / (P x tokens/s(1)), and the gradient
-#    bytes sent per step, for each compression in COMPRESSIONS ("none topk powersgd").
+#    each P of RANKS (default "2"; "2 4 8" on an 8-GPU node), the efficiency
+#    tokens/s(P) / (P x tokens/s(1)), and the gradient bytes sent per step, for each
+#    compression in COMPRESSIONS ("none topk powersgd").
 # 2. Sequence parallel: the longest sequence of SP_SEQS (default 1048576 2097152 4194304)
-#    whose training step fits, on 1 rank and on P, with recompute and ffn_chunk 131072.
+#    whose training step fits, on 1 rank and on each P, with recompute and ffn_chunk 131072.
 #
 # Environment: DEVICE (cuda), STEPS (3), WARMUP (1), MPIRUN (mpirun), LAYERS (12), D_MODEL
 # (768), HEADS (12), D_FF (3072), SEGMENTS ("2048, 4096, 8192, 16384, 32768"), RATES
@@ -28,12 +29,12 @@ data=${1:-data/kjv.txt}
 [[ -f $data ]] || die "data file $data not found (a byte file such as data/kjv.txt)"
 data=$(realpath "$data")
 device=${DEVICE:-cuda}
-ranks=${RANKS:-2}
+read -ra rank_counts <<<"${RANKS:-2}"
 steps=${STEPS:-3}
 warmup=${WARMUP:-1}
 read -ra compressions <<<"${COMPRESSIONS:-none topk powersgd}"
 read -ra sp_seqs <<<"${SP_SEQS:-1048576 2097152 4194304}"
-mpirun=(${MPIRUN:-mpirun} --oversubscribe -np "$ranks" -x NCCL_NVLS_ENABLE=0)
+mpirun=(${MPIRUN:-mpirun} --oversubscribe -x NCCL_NVLS_ENABLE=0)
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 work=$(mktemp -d)
@@ -63,7 +64,7 @@ EOF
 run() {
   local name=$1 n=$2 file=$3
   local launcher=()
-  [[ $n -gt 1 ]] && launcher=("${mpirun[@]}")
+  [[ $n -gt 1 ]] && launcher=("${mpirun[@]}" -np "$n")
   echo "== $name" >&2
   if "${launcher[@]}" "$bin" --config "$file" --steps "$steps" --warmup "$warmup" \
     >"$work/$name.out" 2>"$work/$name.err"; then
@@ -75,19 +76,23 @@ run() {
 
 dp_seq=${DP_SEQ:-131072}
 run dp-1 1 "$(config "$dp_seq" '{}' '')"
-for c in "${compressions[@]}"; do
-  run "dp-$ranks-$c" "$ranks" "$(config "$dp_seq" "{\"compression\": \"$c\"}" '')"
+for p in "${rank_counts[@]}"; do
+  for c in "${compressions[@]}"; do
+    run "dp-$p-$c" "$p" "$(config "$dp_seq" "{\"compression\": \"$c\"}" '')"
+  done
 done
+extra=', "recompute": true, "ffn_chunk": 131072'
 for n in "${sp_seqs[@]}"; do
-  extra=', "recompute": true, "ffn_chunk": 131072'
   run "sp-1-$n" 1 "$(config "$n" '{}' "$extra")"
-  run "sp-$ranks-$n" "$ranks" "$(config "$n" '{"sequence_parallel": true}' "$extra")"
+  for p in "${rank_counts[@]}"; do
+    run "sp-$p-$n" "$p" "$(config "$n" '{"sequence_parallel": true}' "$extra")"
+  done
 done
 
-python3 - "$work" "$ranks" "$dp_seq" "${compressions[*]}" "${sp_seqs[*]}" <<'EOF'
+python3 - "$work" "${rank_counts[*]}" "$dp_seq" "${compressions[*]}" "${sp_seqs[*]}" <<'EOF'
 import json, os, sys
 
-work, ranks, dp_seq = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+work, rank_counts, dp_seq = sys.argv[1], [int(p) for p in sys.argv[2].split()], sys.argv[3]
 compressions, sp_seqs = sys.argv[4].split(), [int(n) for n in sys.argv[5].split()]
 
 
@@ -103,18 +108,19 @@ print(f"{'ranks':>5} {'compression':>11} {'tok/s':>10} {'step ms':>9} {'efficien
 if one:
     print(f"{1:>5} {'-':>11} {one['tokens_per_s']:>10.0f} {one['step_ms_median']:>9.1f} "
           f"{'1.00':>10} {'0':>12} {one.get('peak_gpu_bytes', 0) / 2**30:>8.1f}")
-for c in compressions:
-    r = load(f"dp-{ranks}-{c}")
-    if not r:
-        print(f"{ranks:>5} {c:>11} failed")
-        continue
-    eff = f"{r['tokens_per_s'] / (ranks * one['tokens_per_s']):.3f}" if one else "-"
-    print(f"{ranks:>5} {c:>11} {r['tokens_per_s']:>10.0f} {r['step_ms_median']:>9.1f} {eff:>10} "
-          f"{r.get('bytes_sent_per_step', 0) / 2**20:>12.1f} "
-          f"{r.get('peak_gpu_bytes', 0) / 2**30:>8.1f}")
+for ranks in rank_counts:
+    for c in compressions:
+        r = load(f"dp-{ranks}-{c}")
+        if not r:
+            print(f"{ranks:>5} {c:>11} failed")
+            continue
+        eff = f"{r['tokens_per_s'] / (ranks * one['tokens_per_s']):.3f}" if one else "-"
+        print(f"{ranks:>5} {c:>11} {r['tokens_per_s']:>10.0f} {r['step_ms_median']:>9.1f} "
+              f"{eff:>10} {r.get('bytes_sent_per_step', 0) / 2**20:>12.1f} "
+              f"{r.get('peak_gpu_bytes', 0) / 2**30:>8.1f}")
 
 print("\nsequence parallel (recompute, ffn_chunk 131072): longest sequence that trained")
-for n_ranks in (1, ranks):
+for n_ranks in [1] + rank_counts:
     fits = [n for n in sp_seqs if load(f"sp-{n_ranks}-{n}")]
     best = max(fits) if fits else None
     detail = ""
