@@ -97,6 +97,9 @@ class AverageReducer final : public GradientReducer {
   }
   Tensor residual(std::size_t /*id*/) const override { return {}; }
   void clear_residuals() override {}
+  void set_residual(std::size_t id, const Tensor& /*value*/) override {
+    throw Error(cat("set_residual: tensor ", id, " has no residual: compression is \"none\""));
+  }
 
  private:
   Communicator& comm_;
@@ -193,7 +196,7 @@ class TopKReducer final : public GradientReducer {
     for (std::size_t j = 0; j < grads.size(); ++j) {
       Tensor g = to(to(grads[j], Device::cpu()), dtype);
       auto r = residuals_.find(ids[j]);
-      parts.push_back(r == residuals_.end() ? g : add(g, r->second));
+      parts.push_back(r == residuals_.end() ? g : add(g, reshape(r->second, g.shape())));
     }
     Tensor acc = joined(parts, dtype);  // becomes the residual below
     std::int64_t n = acc.numel();
@@ -231,6 +234,10 @@ class TopKReducer final : public GradientReducer {
     return r == residuals_.end() ? Tensor() : r->second;
   }
   void clear_residuals() override { residuals_.clear(); }
+  // Kept flat on the CPU; start() gives it its gradient's shape.
+  void set_residual(std::size_t id, const Tensor& value) override {
+    residuals_[id] = reshape(to(to(value, Device::cpu()), accumulation_dtype(value.dtype())), {-1});
+  }
 
  private:
   Communicator& comm_;
@@ -345,7 +352,10 @@ class PowerSgdReducer final : public GradientReducer {
       std::int64_t n = g.size(0);
       Tensor matrix = reshape(to(g, dtype), {n, g.numel() / n});
       auto residual = residuals_.find(ids[j]);
-      Tensor m = residual == residuals_.end() ? clone(matrix) : add(matrix, residual->second);
+      Tensor m =
+          residual == residuals_.end()
+              ? clone(matrix)
+              : add(matrix, reshape(to(to(residual->second, g.device()), dtype), matrix.shape()));
       Tensor& q = qs_[ids[j]];
       if (!q.defined()) {
         Generator gen(kQSeed + ids[j]);
@@ -378,6 +388,8 @@ class PowerSgdReducer final : public GradientReducer {
     return r == residuals_.end() ? Tensor() : r->second;
   }
   void clear_residuals() override { residuals_.clear(); }
+  // Kept as given; start() gives it its matrix shape, dtype and device.
+  void set_residual(std::size_t id, const Tensor& value) override { residuals_[id] = value; }
 
  private:
   friend class PowerSgdPending;

@@ -78,6 +78,9 @@ class GradientReducer {
   virtual Tensor residual(std::size_t id) const = 0;
   // Drops every residual (after a step whose update was skipped, say); PowerSGD keeps Q.
   virtual void clear_residuals() = 0;
+  // Makes value tensor id's residual (a resumed run's): the element count of its gradient,
+  // any shape, dtype and device (converted to the reducer's). An error without compression.
+  virtual void set_residual(std::size_t id, const Tensor& value) = 0;
   // Bytes this rank has handed to collectives so far.
   std::int64_t bytes_sent() const { return bytes_sent_; }
 

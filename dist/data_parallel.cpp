@@ -2,6 +2,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tensor/view.h"
 
 namespace longnet {
 namespace {
@@ -128,6 +129,17 @@ void DataParallel::synchronize() {
   bytes_sent_ = reducer_->bytes_sent() - bytes_at_start_;
   bytes_at_start_ = reducer_->bytes_sent();
   buckets_ = std::move(buckets);
+}
+
+Tensor DataParallel::error_feedback(std::size_t i) const {
+  Tensor r = reducer_->residual(i);
+  return r.defined() ? reshape(r, parameters_.at(i).shape()) : r;
+}
+
+void DataParallel::set_error_feedback(std::size_t i, const Tensor& value) {
+  LN_CHECK(value.numel() == parameters_.at(i).numel(), "set_error_feedback: parameter ", i, " ",
+           describe(parameters_[i].data()), " gets a residual ", describe(value));
+  reducer_->set_residual(i, value);
 }
 
 }  // namespace longnet

@@ -80,6 +80,11 @@ class DataParallel {
   // they hold its gradients.
   void clear_error_feedback() { reducer_->clear_residuals(); }
 
+  // Parameter i's error-feedback residual shaped like the parameter (undefined without one),
+  // and its replacement (a resumed run's; an error without compression).
+  Tensor error_feedback(std::size_t i) const;
+  void set_error_feedback(std::size_t i, const Tensor& value);
+
  private:
   void on_ready(std::size_t i);
   void flush();

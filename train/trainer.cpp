@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -283,6 +284,13 @@ EvalStats Trainer::evaluate() {
   return stats;
 }
 
+namespace {
+
+// The prefix of the error-feedback residuals among a checkpoint's optimizer tensors.
+constexpr const char* kErrorFeedback = "error_feedback.";
+
+}  // namespace
+
 Checkpoint Trainer::checkpoint() const {
   Checkpoint c;
   c.step = step_;
@@ -293,15 +301,53 @@ Checkpoint Trainer::checkpoint() const {
   c.config = to_json(config_);
   c.model = model_->state_dict();
   c.optimizer = optimizer_->state();
+  if (data_parallel_ && config_.dist.compression.kind != Compression::none) {
+    // Compression's error feedback: the gradient mass the ranks' messages have left out so
+    // far, as the average over ranks that later updates would still apply. Every rank has
+    // residuals for the same parameters (the ranks compress the same buckets).
+    auto named = model_->named_parameters();
+    for (std::size_t i = 0; i < named.size(); ++i) {
+      Tensor residual = data_parallel_->error_feedback(i);
+      if (!residual.defined()) continue;
+      Tensor mean = clone(residual);
+      comm_.all_reduce(mean, ReduceOp::avg);
+      c.optimizer.emplace_back(kErrorFeedback + named[i].first, to(mean, Device::cpu()));
+    }
+  }
   return c;
 }
 
 void Trainer::restore(const Checkpoint& c) {
+  NamedTensors optimizer_state;
+  NamedTensors feedback;  // by parameter name
+  for (const auto& [name, t] : c.optimizer) {
+    if (name.rfind(kErrorFeedback, 0) == 0) {
+      feedback.emplace_back(name.substr(std::string(kErrorFeedback).size()), t);
+    } else {
+      optimizer_state.emplace_back(name, t);
+    }
+  }
   try {
     model_->load_state_dict(c.model);
-    optimizer_->load_state(c.optimizer);
+    optimizer_->load_state(optimizer_state);
   } catch (const Error& e) {
     throw Error(cat(c.dir, " does not fit this model: ", e.what()));
+  }
+  if (data_parallel_ && config_.dist.compression.kind != Compression::none) {
+    // The saved mean residual m goes to rank 0 as P m (the others start at zero), so the
+    // average over this run's P ranks still owes m. Without compression (or on one
+    // process) there is no delayed mass to apply and the saved residuals are dropped.
+    auto named = model_->named_parameters();
+    for (const auto& [name, t] : feedback) {
+      auto at =
+          std::find_if(named.begin(), named.end(), [&](const auto& p) { return p.first == name; });
+      LN_CHECK(at != named.end(), c.dir, ": error feedback for \"", name,
+               "\", which this model has no parameter of");
+      // Zeros on the other ranks: every rank has residuals for the same parameters.
+      data_parallel_->set_error_feedback(
+          static_cast<std::size_t>(at - named.begin()),
+          comm_.rank() == 0 ? mul(t, static_cast<double>(comm_.size())) : zeros_like(t));
+    }
   }
   step_ = c.step;
   data_position_ = c.data_position;
@@ -397,8 +443,9 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log, Co
     out << line << std::flush;
   };
   auto save = [&] {
+    Checkpoint c = trainer.checkpoint();  // collective: every rank takes part
     if (!writer) return;
-    std::string dir = save_checkpoint(t.out_dir, trainer.checkpoint(), t.keep_ckpts);
+    std::string dir = save_checkpoint(t.out_dir, c, t.keep_ckpts);
     out << "saved " << dir << "\n" << std::flush;
   };
 

@@ -72,11 +72,15 @@ class Trainer {
   // the batches shared out over the ranks; every rank gets the same result.
   EvalStats evaluate();
 
-  // The state a resumed run needs, the same on every rank (the error-feedback residuals of
-  // compression are not part of it). Its tensors share storage with the model and the
-  // optimizer: save it before the next step.
+  // The state a resumed run needs, the same on every rank; collective (every rank calls
+  // it). With compression it holds the error-feedback residuals averaged over the ranks
+  // (optimizer tensors "error_feedback.<parameter>"; PowerSGD's Q restarts from its seed).
+  // Its tensors share storage with the model and the optimizer: save it before the next
+  // step.
   Checkpoint checkpoint() const;
-  // Continues from checkpoint: weights, optimizer state, step, data position, RNG state.
+  // Continues from checkpoint: weights, optimizer state, step, data position, RNG state, and
+  // with compression the saved error feedback (rank 0 takes it all, scaled by the rank
+  // count, so the ranks still owe the same mass; dropped without compression).
   void restore(const Checkpoint& checkpoint);
 
   std::int64_t steps_done() const { return step_; }
