@@ -102,4 +102,60 @@ inline double excess(const Tensor& got, const Expected& e) {
   return g.empty() ? 0 : most;
 }
 
+// Forwards every call to another communicator, counting the collectives started and the
+// elements this rank hands to them.
+class CountingCommunicator final : public Communicator {
+ public:
+  explicit CountingCommunicator(Communicator& inner) : inner_(inner) {}
+
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string backend() const override { return inner_.backend(); }
+  void all_reduce(const Tensor& t, ReduceOp op) override {
+    ++calls;
+    elements += t.numel();
+    inner_.all_reduce(t, op);
+  }
+  std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) override {
+    ++calls;
+    ++async_calls;
+    elements += t.numel();
+    return inner_.all_reduce_async(t, op);
+  }
+  void all_gather(const Tensor& in, const Tensor& out) override {
+    ++calls;
+    elements += in.numel();
+    inner_.all_gather(in, out);
+  }
+  std::unique_ptr<Work> all_gather_async(const Tensor& in, const Tensor& out) override {
+    ++calls;
+    ++async_calls;
+    elements += in.numel();
+    return inner_.all_gather_async(in, out);
+  }
+  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
+    ++calls;
+    elements += in.numel();
+    inner_.reduce_scatter(in, out, op);
+  }
+  void broadcast(const Tensor& t, int root) override {
+    ++calls;
+    elements += t.numel();
+    inner_.broadcast(t, root);
+  }
+  void send(const Tensor& t, int dst, int tag) override { inner_.send(t, dst, tag); }
+  void recv(const Tensor& t, int src, int tag) override { inner_.recv(t, src, tag); }
+  void barrier() override {
+    ++calls;
+    inner_.barrier();
+  }
+
+  int calls = 0;
+  int async_calls = 0;
+  std::int64_t elements = 0;
+
+ private:
+  Communicator& inner_;
+};
+
 }  // namespace longnet::testing

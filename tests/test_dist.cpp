@@ -34,6 +34,7 @@ namespace {
 
 using nlohmann::json;
 using testing::contains;
+using testing::CountingCommunicator;
 using testing::data_of;
 using testing::error_of;
 using testing::everywhere;
@@ -50,54 +51,6 @@ bool same_values(const Tensor& a, const Tensor& b) {
   return a.dtype() == b.dtype() && a.shape() == b.shape() &&
          a.to_vector<double>() == b.to_vector<double>();
 }
-
-// Forwards every call to another communicator, counting the collectives started.
-class CountingCommunicator final : public Communicator {
- public:
-  explicit CountingCommunicator(Communicator& inner) : inner_(inner) {}
-
-  int rank() const override { return inner_.rank(); }
-  int size() const override { return inner_.size(); }
-  std::string backend() const override { return inner_.backend(); }
-  void all_reduce(const Tensor& t, ReduceOp op) override {
-    ++calls;
-    inner_.all_reduce(t, op);
-  }
-  std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) override {
-    ++calls;
-    ++async_calls;
-    return inner_.all_reduce_async(t, op);
-  }
-  void all_gather(const Tensor& in, const Tensor& out) override {
-    ++calls;
-    inner_.all_gather(in, out);
-  }
-  std::unique_ptr<Work> all_gather_async(const Tensor& in, const Tensor& out) override {
-    ++calls;
-    ++async_calls;
-    return inner_.all_gather_async(in, out);
-  }
-  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
-    ++calls;
-    inner_.reduce_scatter(in, out, op);
-  }
-  void broadcast(const Tensor& t, int root) override {
-    ++calls;
-    inner_.broadcast(t, root);
-  }
-  void send(const Tensor& t, int dst, int tag) override { inner_.send(t, dst, tag); }
-  void recv(const Tensor& t, int src, int tag) override { inner_.recv(t, src, tag); }
-  void barrier() override {
-    ++calls;
-    inner_.barrier();
-  }
-
-  int calls = 0;
-  int async_calls = 0;
-
- private:
-  Communicator& inner_;
-};
 
 // The largest |a - b| relative to the largest |b| (NaN counts as infinity).
 double gap(const Tensor& a, const Tensor& b) {

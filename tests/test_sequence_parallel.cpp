@@ -20,6 +20,7 @@ namespace longnet {
 namespace {
 
 using testing::contains;
+using testing::CountingCommunicator;
 using testing::error_of;
 using testing::everywhere;
 using testing::relative_error;
@@ -166,6 +167,35 @@ TEST_SUITE("dist") {
       }
       CHECK(worst(error) < 1e-12);
     }
+  }
+
+  TEST_CASE(
+      "only the dilated K/V rows of crossing branches travel, and nothing when none crosses") {
+    Communicator& comm = world();
+    // n = 96 on P ranks: w = 96 (one segment over everything, r = 4) crosses every slice
+    // boundary; w = 8 stays inside slices for P = 2 and 3 (slice starts 48; 32, 64).
+    std::int64_t n = 96;
+    std::int64_t heads = 4;
+    std::int64_t d = 8;
+    Generator gen(21);
+    SequenceSlice mine = sequence_slice(n, comm.rank(), comm.size());
+    std::int64_t local = mine.end - mine.begin;
+    Shape shape{1, local, heads, d};
+    Tensor q = randn(shape, gen);
+    Tensor k = randn(shape, gen);
+    Tensor v = randn(shape, gen);
+    CountingCommunicator counting(comm);
+    sequence_parallel_attention_forward(q, k, v, {{8, 96}, {1, 4}, DilatedMode::paper, true}, n,
+                                        counting);
+    // Per head about local / 4 rows of K and of V (one more where a slice starts mid-stride).
+    std::int64_t dilated_rows = (local + 3) / 4 + 1;
+    bool bounded = comm.size() == 1
+                       ? counting.elements == 0
+                       : counting.elements > 0 && counting.elements <= 2 * dilated_rows * heads * d;
+    CHECK(everywhere(bounded));
+    CountingCommunicator idle(comm);
+    sequence_parallel_attention_forward(q, k, v, {{8}, {1}, DilatedMode::paper, true}, n, idle);
+    CHECK(everywhere(idle.calls == 0));
   }
 
   TEST_CASE("sequence slices cover the sequence in order, sizes within one") {
