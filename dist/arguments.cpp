@@ -1,5 +1,8 @@
 #include "dist/arguments.h"
 
+#include <array>
+#include <string_view>
+
 namespace longnet {
 namespace {
 
@@ -76,6 +79,24 @@ void check_point_to_point(const Tensor& t, int peer, int tag, int max_tag, int r
 bool is_own_slot(const Tensor& in, const Tensor& out, int rank) {
   return in.storage() == out.storage() && in.numel() * out.size(0) == out.numel() &&
          in.offset() == out.offset() + rank * in.numel();
+}
+
+namespace {
+
+constexpr std::array<const char*, 4> kCalls{"all_reduce", "all_gather", "reduce_scatter",
+                                            "broadcast"};
+
+}  // namespace
+
+std::int64_t call_id(const char* call) {
+  for (std::size_t i = 0; i < kCalls.size(); ++i) {
+    if (std::string_view(call) == kCalls[i]) return static_cast<std::int64_t>(i) + 1;
+  }
+  throw Error(cat("call_id: \"", call, "\" is not a collective with agreed arguments"));
+}
+
+const char* call_name(std::int64_t id) {
+  return id >= 1 && id <= static_cast<std::int64_t>(kCalls.size()) ? kCalls[id - 1] : "?";
 }
 
 }  // namespace longnet

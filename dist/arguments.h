@@ -28,6 +28,12 @@ void check_broadcast(const Tensor& t, int root, int size);
 void check_point_to_point(const Tensor& t, int peer, int tag, int max_tag, int rank, int size,
                           const char* call);
 
+// The collectives whose arguments ranks agree on, numbered for the agreement message (the
+// async forms share their blocking form's number): all_reduce 1, all_gather 2,
+// reduce_scatter 3, broadcast 4. Another name is an error.
+std::int64_t call_id(const char* call);
+const char* call_name(std::int64_t id);
+
 // Whether in is exactly out[rank] (same storage, offset and element count).
 bool is_own_slot(const Tensor& in, const Tensor& out, int rank);
 

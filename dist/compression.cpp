@@ -361,6 +361,7 @@ class PowerSgdReducer final : public GradientReducer {
         Generator gen(kQSeed + ids[j]);
         q = randn({m.size(1), r}, gen, {dtype, g.device()});
       }
+      q = to(to(q, g.device()), dtype);  // a restored Q may come from the CPU
       ps.push_back(matmul(m, q));
       low_rank.push_back({ids[j], j, m});
     }
@@ -390,6 +391,12 @@ class PowerSgdReducer final : public GradientReducer {
   void clear_residuals() override { residuals_.clear(); }
   // Kept as given; start() gives it its matrix shape, dtype and device.
   void set_residual(std::size_t id, const Tensor& value) override { residuals_[id] = value; }
+  Tensor warm_start(std::size_t id) const override {
+    auto q = qs_.find(id);
+    return q == qs_.end() ? Tensor() : q->second;
+  }
+  // start() moves it to the gradient's device and dtype.
+  void set_warm_start(std::size_t id, const Tensor& q) override { qs_[id] = q; }
 
  private:
   friend class PowerSgdPending;
@@ -482,6 +489,10 @@ std::unique_ptr<GradientReducer> make_gradient_reducer(const CompressionConfig& 
   }
   return std::make_unique<PowerSgdReducer>(comm, config.powersgd_rank,
                                            config.powersgd_min_compression);
+}
+
+void GradientReducer::set_warm_start(std::size_t id, const Tensor& /*q*/) {
+  throw Error(cat("set_warm_start: tensor ", id, " has no warm start: not PowerSGD"));
 }
 
 }  // namespace longnet

@@ -81,6 +81,10 @@ class GradientReducer {
   // Makes value tensor id's residual (a resumed run's): the element count of its gradient,
   // any shape, dtype and device (converted to the reducer's). An error without compression.
   virtual void set_residual(std::size_t id, const Tensor& value) = 0;
+  // PowerSGD's Q of tensor id (the same on every rank; undefined for other compressions or
+  // before the tensor's first step), and its replacement (a resumed run's).
+  virtual Tensor warm_start(std::size_t /*id*/) const { return {}; }
+  virtual void set_warm_start(std::size_t id, const Tensor& q);
   // Bytes this rank has handed to collectives so far.
   std::int64_t bytes_sent() const { return bytes_sent_; }
 

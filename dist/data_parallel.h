@@ -84,6 +84,9 @@ class DataParallel {
   // and its replacement (a resumed run's; an error without compression).
   Tensor error_feedback(std::size_t i) const;
   void set_error_feedback(std::size_t i, const Tensor& value);
+  // Parameter i's PowerSGD Q (undefined otherwise), and its replacement.
+  Tensor warm_start(std::size_t i) const { return reducer_->warm_start(i); }
+  void set_warm_start(std::size_t i, const Tensor& q) { reducer_->set_warm_start(i, q); }
 
  private:
   void on_ready(std::size_t i);

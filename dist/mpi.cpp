@@ -185,6 +185,7 @@ class MpiWork final : public Work {
 struct Signature {
   static constexpr int kDims = 8;  // dims past these are compared through numel only
   std::int64_t valid = 0;
+  std::int64_t call = 0;  // call_id: ranks in different collectives must not pair up
   std::int64_t dtype = 0;
   std::int64_t param = 0;  // the ReduceOp or the root
   std::int64_t ndim = 0;
@@ -194,9 +195,10 @@ struct Signature {
   bool operator==(const Signature&) const = default;
 };
 
-Signature signature_of(const Tensor& t, std::int64_t param) {
+Signature signature_of(const char* call, const Tensor& t, std::int64_t param) {
   Signature s;
   s.valid = 1;
+  s.call = call_id(call);
   s.dtype = static_cast<std::int64_t>(t.dtype());
   s.param = param;
   s.ndim = t.dim();
@@ -210,8 +212,10 @@ Signature signature_of(const Tensor& t, std::int64_t param) {
 // What a collective's param means, for error messages.
 enum class Param { none, op, root };
 
-std::string describe(const Signature& s, Param param) {
-  std::string text = cat(name(static_cast<DType>(s.dtype)), '[');
+// with_call: name the collective too (when the ranks are in different ones).
+std::string describe(const Signature& s, Param param, bool with_call) {
+  std::string text = cat(with_call ? cat(call_name(s.call), ' ') : std::string(),
+                         name(static_cast<DType>(s.dtype)), '[');
   for (std::int64_t d = 0; d < std::min<std::int64_t>(s.ndim, Signature::kDims); ++d) {
     text += cat(d > 0 ? ", " : "", s.dims[d]);
   }
@@ -377,7 +381,7 @@ class MpiCommunicator final : public Communicator {
     std::string error;
     try {
       check();
-      mine = signature_of(t, param);
+      mine = signature_of(call, t, param);
     } catch (const Error& e) {
       error = e.what();
     }
@@ -394,12 +398,14 @@ class MpiCommunicator final : public Communicator {
     if (std::all_of(all.begin(), all.end(), [&](const Signature& s) { return s == all[0]; })) {
       return;
     }
+    bool calls_differ = std::any_of(all.begin(), all.end(),
+                                    [&](const Signature& s) { return s.call != all[0].call; });
     std::string ranks;
     for (int r = 0; r < size_; ++r) {
-      ranks += cat(r > 0 ? ", " : "", "rank ", r, " has ", describe(all[r], meaning));
+      ranks += cat(r > 0 ? ", " : "", "rank ", r, " has ", describe(all[r], meaning, calls_differ));
     }
     throw Error(cat(call, ": ranks disagree (", ranks,
-                    "); every rank must pass the same dtype, shape",
+                    "); every rank must make the same call with the same dtype, shape",
                     meaning == Param::op     ? " and op"
                     : meaning == Param::root ? " and root"
                                              : "",

@@ -21,6 +21,7 @@
 #include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
 #include "tensor/elementwise.h"
+#include "tensor/reduce.h"
 #include "tensor/view.h"
 #include "train/file_io.h"
 
@@ -288,6 +289,7 @@ namespace {
 
 // The prefix of the error-feedback residuals among a checkpoint's optimizer tensors.
 constexpr const char* kErrorFeedback = "error_feedback.";
+constexpr const char* kWarmStart = "powersgd_q.";
 
 }  // namespace
 
@@ -302,16 +304,23 @@ Checkpoint Trainer::checkpoint() const {
   c.model = model_->state_dict();
   c.optimizer = optimizer_->state();
   if (data_parallel_ && config_.dist.compression.kind != Compression::none) {
-    // Compression's error feedback: the gradient mass the ranks' messages have left out so
-    // far, as the average over ranks that later updates would still apply. Every rank has
-    // residuals for the same parameters (the ranks compress the same buckets).
+    // Compression's state: every rank's error-feedback residual, gathered as [ranks, ...]
+    // (the gradient mass its messages have left out so far), and PowerSGD's Q (the same on
+    // every rank). Every rank has them for the same parameters (the ranks compress the same
+    // buckets).
     auto named = model_->named_parameters();
     for (std::size_t i = 0; i < named.size(); ++i) {
       Tensor residual = data_parallel_->error_feedback(i);
-      if (!residual.defined()) continue;
-      Tensor mean = clone(residual);
-      comm_.all_reduce(mean, ReduceOp::avg);
-      c.optimizer.emplace_back(kErrorFeedback + named[i].first, to(mean, Device::cpu()));
+      if (residual.defined()) {
+        Tensor mine = contiguous(to(residual, Device::cpu()));
+        Shape all_shape = mine.shape();
+        all_shape.insert(all_shape.begin(), comm_.size());
+        Tensor all = empty(all_shape, {mine.dtype()});
+        comm_.all_gather(mine, all);
+        c.optimizer.emplace_back(kErrorFeedback + named[i].first, all);
+      }
+      Tensor q = data_parallel_->warm_start(i);
+      if (q.defined()) c.optimizer.emplace_back(kWarmStart + named[i].first, to(q, Device::cpu()));
     }
   }
   return c;
@@ -319,13 +328,11 @@ Checkpoint Trainer::checkpoint() const {
 
 void Trainer::restore(const Checkpoint& c) {
   NamedTensors optimizer_state;
-  NamedTensors feedback;  // by parameter name
-  for (const auto& [name, t] : c.optimizer) {
-    if (name.rfind(kErrorFeedback, 0) == 0) {
-      feedback.emplace_back(name.substr(std::string(kErrorFeedback).size()), t);
-    } else {
-      optimizer_state.emplace_back(name, t);
-    }
+  NamedTensors compression_state;
+  for (const auto& named : c.optimizer) {
+    bool compression =
+        named.first.rfind(kErrorFeedback, 0) == 0 || named.first.rfind(kWarmStart, 0) == 0;
+    (compression ? compression_state : optimizer_state).push_back(named);
   }
   try {
     model_->load_state_dict(c.model);
@@ -334,20 +341,7 @@ void Trainer::restore(const Checkpoint& c) {
     throw Error(cat(c.dir, " does not fit this model: ", e.what()));
   }
   if (data_parallel_ && config_.dist.compression.kind != Compression::none) {
-    // The saved mean residual m goes to rank 0 as P m (the others start at zero), so the
-    // average over this run's P ranks still owes m. Without compression (or on one
-    // process) there is no delayed mass to apply and the saved residuals are dropped.
-    auto named = model_->named_parameters();
-    for (const auto& [name, t] : feedback) {
-      auto at =
-          std::find_if(named.begin(), named.end(), [&](const auto& p) { return p.first == name; });
-      LN_CHECK(at != named.end(), c.dir, ": error feedback for \"", name,
-               "\", which this model has no parameter of");
-      // Zeros on the other ranks: every rank has residuals for the same parameters.
-      data_parallel_->set_error_feedback(
-          static_cast<std::size_t>(at - named.begin()),
-          comm_.rank() == 0 ? mul(t, static_cast<double>(comm_.size())) : zeros_like(t));
-    }
+    restore_compression(compression_state, c.dir);
   }
   step_ = c.step;
   data_position_ = c.data_position;
@@ -496,13 +490,45 @@ void run_training(const TrainConfig& config, RunPlan plan, std::ostream& log, Co
       << t.out_dir << "\n";
 }
 
+void Trainer::restore_compression(const NamedTensors& state, const std::string& dir) {
+  auto named = model_->named_parameters();
+  auto index_of = [&](const std::string& key, const char* prefix) {
+    std::string name = key.substr(std::string(prefix).size());
+    auto at =
+        std::find_if(named.begin(), named.end(), [&](const auto& p) { return p.first == name; });
+    LN_CHECK(at != named.end(), dir, ": compression state \"", key,
+             "\" names no parameter of this model");
+    return static_cast<std::size_t>(at - named.begin());
+  };
+  for (const auto& [key, t] : state) {
+    if (key.rfind(kWarmStart, 0) == 0) {
+      if (config_.dist.compression.kind == Compression::powersgd) {
+        data_parallel_->set_warm_start(index_of(key, kWarmStart), t);
+      }
+      continue;
+    }
+    std::size_t i = index_of(key, kErrorFeedback);
+    // The same rank count: each rank continues with its own residual, exactly. Another: the
+    // ranks still owe the saved mass (the mean of the saved residuals), all on rank 0 as P
+    // times it, so that the average over this run's P ranks owes the same.
+    if (t.size(0) == comm_.size()) {
+      data_parallel_->set_error_feedback(i, squeeze(narrow(t, 0, comm_.rank(), 1), 0));
+    } else {
+      Tensor mean = mul(sum(t, {0}), 1.0 / static_cast<double>(t.size(0)));
+      data_parallel_->set_error_feedback(
+          i, comm_.rank() == 0 ? mul(mean, static_cast<double>(comm_.size())) : zeros_like(mean));
+    }
+  }
+}
+
 std::unique_ptr<Communicator> run_communicator(std::unique_ptr<Communicator> launched,
                                                TrainConfig& config) {
   std::unique_ptr<Communicator> comm = std::move(launched);
   if (comm->size() > 1 && config.train.device.is_cuda()) {
-    // One GPU per process of a node; GPU tensors move through NCCL, CPU ones through MPI.
-    int gpu = local_rank(*comm);
+    // One GPU per process of a node; GPU tensors move through NCCL, CPU ones through MPI. A
+    // launcher that shows each process only its own GPU leaves it cuda:0.
     int gpus = cuda::device_count();
+    int gpu = gpus == 1 ? 0 : local_rank(*comm);
     LN_CHECK(gpu < gpus, "rank ", comm->rank(), " is process ", gpu,
              " of its node and needs cuda:", gpu, ", but the node has ", gpus,
              " CUDA device(s); launch at most one process per GPU");

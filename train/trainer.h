@@ -73,14 +73,15 @@ class Trainer {
   EvalStats evaluate();
 
   // The state a resumed run needs, the same on every rank; collective (every rank calls
-  // it). With compression it holds the error-feedback residuals averaged over the ranks
-  // (optimizer tensors "error_feedback.<parameter>"; PowerSGD's Q restarts from its seed).
+  // it). With compression it holds every rank's error-feedback residual (optimizer tensors
+  // "error_feedback.<parameter>", [ranks, ...]) and PowerSGD's Q ("powersgd_q.<parameter>").
   // Its tensors share storage with the model and the optimizer: save it before the next
   // step.
   Checkpoint checkpoint() const;
   // Continues from checkpoint: weights, optimizer state, step, data position, RNG state, and
-  // with compression the saved error feedback (rank 0 takes it all, scaled by the rank
-  // count, so the ranks still owe the same mass; dropped without compression).
+  // with compression its state: exactly on the same number of ranks; on another, rank 0
+  // takes the mean residual times the rank count (the ranks owe the same mass) and the
+  // others none. Without compression (or on one process) that state is dropped.
   void restore(const Checkpoint& checkpoint);
 
   std::int64_t steps_done() const { return step_; }
@@ -95,6 +96,8 @@ class Trainer {
   // parallel, whose gradients DataParallel averages).
   Tensor micro_batch_loss(const Tensor& batch, bool backward, double scale);
   bool sequence_parallel() const;
+  // Compression's state from a checkpoint's optimizer tensors (see checkpoint()).
+  void restore_compression(const NamedTensors& state, const std::string& dir);
 
   TrainConfig config_;
   CorpusSplit data_;

@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
 
 #include "dist/arguments.h"
@@ -29,6 +30,7 @@ struct Nccl {
   decltype(&ncclGetUniqueId) get_unique_id;
   decltype(&ncclCommInitRank) comm_init_rank;
   decltype(&ncclCommDestroy) comm_destroy;
+  decltype(&ncclCommAbort) comm_abort;
   decltype(&ncclGetErrorString) error_string;
   decltype(&ncclGetLastError) last_error;
   decltype(&ncclAllReduce) all_reduce;
@@ -64,6 +66,7 @@ const Nccl* load_nccl(std::string* error) {
     find(loaded.get_unique_id, "ncclGetUniqueId");
     find(loaded.comm_init_rank, "ncclCommInitRank");
     find(loaded.comm_destroy, "ncclCommDestroy");
+    find(loaded.comm_abort, "ncclCommAbort");
     find(loaded.error_string, "ncclGetErrorString");
     find(loaded.last_error, "ncclGetLastError");
     find(loaded.all_reduce, "ncclAllReduce");
@@ -134,17 +137,35 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
-// An enqueued NCCL operation: done marks its end on the NCCL stream; finish (if any) runs
-// on the device's stream once it waits for done (bf16 results narrowed back).
+// An enqueued NCCL operation: done marks its end on the NCCL stream; finish runs on the
+// device's stream once it waits for done (bf16 results narrowed back) and holds the
+// tensors the operation reads and writes until then.
 class NcclWork final : public Work {
  public:
   NcclWork(int device, std::unique_ptr<Event> done, std::function<void()> finish)
       : device_(device), done_(std::move(done)), finish_(std::move(finish)) {}
 
+  // Dropped without wait(): the device's stream still waits for the operation before the
+  // buffers go back to the allocator (whose reuse is ordered on that stream).
+  ~NcclWork() override {
+    if (waited_) return;
+    int previous = 0;
+    if (cudaGetDevice(&previous) != cudaSuccess) return;
+    try {
+      cudaSetDevice(device_);
+      cudaStreamWaitEvent(cuda::current_stream(device_), done_->get(), 0);
+    } catch (const Error&) {  // the stream exists (run() used it); nowhere to report anyway
+    }
+    cudaSetDevice(previous);
+  }
+
   bool test() override {
     if (waited_) return true;
     cudaError_t status = cudaEventQuery(done_->get());
-    if (status == cudaErrorNotReady) return false;
+    if (status == cudaErrorNotReady) {
+      cudaGetLastError();  // "not ready" is an answer, not an error for the next launch
+      return false;
+    }
     LN_CUDA_CHECK(status);
     return true;
   }
@@ -166,7 +187,7 @@ class NcclWork final : public Work {
 
 // The fields of a call that every rank must agree on.
 constexpr std::int64_t kMaxDims = 8;
-constexpr std::int64_t kSignatureLength = 4 + kMaxDims;
+constexpr std::int64_t kSignatureLength = 5 + kMaxDims;
 
 class NcclCommunicator final : public Communicator {
  public:
@@ -188,14 +209,23 @@ class NcclCommunicator final : public Communicator {
     host_->broadcast(id_words, 0);
     std::memcpy(&id, id_words.raw_data(), sizeof(id));
     cuda::DeviceGuard guard(device_);
+    // NVLink multicast stays off (DESIGN.md section 7) unless the user chose otherwise.
+    setenv("NCCL_NVLS_ENABLE", "0", 0);
     LN_NCCL_CHECK(api.comm_init_rank(&comm_, host_->size(), id, host_->rank()));
     LN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
 
+  // Unwinding from an error, the peers may never join what is enqueued: abort the
+  // communicator (its operations end) instead of waiting for them, so the program can
+  // exit and the launcher end the other ranks. Otherwise finish and destroy it.
   ~NcclCommunicator() override {
-    cuda::DeviceGuard guard(device_);
-    cudaStreamSynchronize(stream_);
-    nccl().comm_destroy(comm_);
+    if (cudaSetDevice(device_) != cudaSuccess) return;
+    if (std::uncaught_exceptions() > 0) {
+      nccl().comm_abort(comm_);
+    } else {
+      cudaStreamSynchronize(stream_);
+      nccl().comm_destroy(comm_);
+    }
     cudaStreamDestroy(stream_);
   }
 
@@ -210,17 +240,25 @@ class NcclCommunicator final : public Communicator {
 
   std::unique_ptr<Work> all_reduce_async(const Tensor& t, ReduceOp op) override {
     if (t.device().is_cpu()) return host_->all_reduce_async(t, op);
-    agree(
-        "all_reduce", [&] { check_all_reduce(t, op); }, t, static_cast<std::int64_t>(op));
     bool widen = t.dtype() == DType::bf16;
-    Tensor acc = widen ? to(t, DType::f32) : t;
+    Tensor acc;
+    // The f32 copy is made before the ranks agree: running out of memory is then an error
+    // on every rank, not a rank missing from the collective.
+    agree(
+        "all_reduce",
+        [&] {
+          check_all_reduce(t, op);
+          acc = widen ? to(t, DType::f32) : t;
+        },
+        t, static_cast<std::int64_t>(op));
     auto done = run([&] {
       LN_NCCL_CHECK(nccl().all_reduce(acc.raw_data(), acc.raw_data(),
                                       static_cast<std::size_t>(acc.numel()), nccl_type(acc.dtype()),
                                       nccl_op(op), comm_, stream_));
     });
-    std::function<void()> finish;
-    if (widen) finish = [acc, t] { copy_(t, acc); };
+    std::function<void()> finish = [acc, t, widen] {
+      if (widen) copy_(t, acc);
+    };
     return std::make_unique<NcclWork>(device_, std::move(done), finish);
   }
 
@@ -250,12 +288,17 @@ class NcclCommunicator final : public Communicator {
     if (in.device().is_cpu() && out.device().is_cpu()) {
       return host_->reduce_scatter(in, out, op);
     }
-    agree(
-        "reduce_scatter", [&] { check_reduce_scatter(in, out, op, size()); }, in,
-        static_cast<std::int64_t>(op));
     bool widen = in.dtype() == DType::bf16;
-    Tensor src = widen ? to(in, DType::f32) : in;
-    Tensor acc = widen ? empty(out.shape(), {DType::f32, out.device()}) : out;
+    Tensor src;
+    Tensor acc;
+    agree(
+        "reduce_scatter",
+        [&] {
+          check_reduce_scatter(in, out, op, size());
+          src = widen ? to(in, DType::f32) : in;
+          acc = widen ? empty(out.shape(), {DType::f32, out.device()}) : out;
+        },
+        in, static_cast<std::int64_t>(op));
     auto done = run([&] {
       LN_NCCL_CHECK(nccl().reduce_scatter(src.raw_data(), acc.raw_data(),
                                           static_cast<std::size_t>(acc.numel()),
@@ -343,15 +386,16 @@ class NcclCommunicator final : public Communicator {
     Tensor mine = full({kSignatureLength}, -1, {DType::i64});
     std::string error;
     try {
-      check();
       check_here(t, call);
+      check();
       LN_CHECK(t.dim() <= kMaxDims, call, ": at most ", kMaxDims, " dims, got ", describe(t));
       auto* s = mine.data<std::int64_t>();
       s[0] = 1;
       s[1] = static_cast<std::int64_t>(t.dtype());
       s[2] = param;
       s[3] = t.dim();
-      for (std::int64_t d = 0; d < t.dim(); ++d) s[4 + d] = t.size(d);
+      s[4] = call_id(call);  // ranks in different collectives must not pair up
+      for (std::int64_t d = 0; d < t.dim(); ++d) s[5 + d] = t.size(d);
     } catch (const Error& e) {
       error = e.what();
       mine.data<std::int64_t>()[0] = 0;
@@ -364,6 +408,9 @@ class NcclCommunicator final : public Communicator {
       const std::int64_t* row = rows + r * kSignatureLength;
       LN_CHECK(row[0] == 1, call, ": rank ", r,
                " passed invalid arguments (its error says which), so no rank ran it");
+      LN_CHECK(row[4] == rows[4], call, ": rank ", r, " is in ", call_name(row[4]),
+               " while rank 0 is in ", call_name(rows[4]),
+               "; every rank must make the same calls in the same order, so no rank ran it");
       LN_CHECK(std::equal(row, row + kSignatureLength, rows), call, ": rank ", r,
                " passed another dtype, shape or ", call, " parameter than rank 0 (", describe(t),
                " here); every rank must pass the same, so no rank ran it");

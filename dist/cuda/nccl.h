@@ -13,7 +13,10 @@
 // makes the device's stream wait; test() says whether the operation has finished. bf16 is
 // reduced in f32 as on the MPI backend. Arguments are agreed across ranks through the host
 // communicator before anything is enqueued, so a mismatch is an error on every rank, not
-// a hang. send/recv pair in order per peer (NCCL has no tags; the tag is only checked).
+// a hang. send/recv pair in order per peer (NCCL has no tags; the tag is only checked), and
+// recv cannot see the sender's byte count: a size mismatch is not detected. Destroyed while
+// an exception unwinds, the communicator aborts (ncclCommAbort) instead of waiting for
+// peers that may never come. NCCL_NVLS_ENABLE is set to 0 unless already set.
 #pragma once
 
 #include <memory>
