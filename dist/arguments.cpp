@@ -1,6 +1,6 @@
 #include "dist/arguments.h"
 
-#include <array>
+#include <iterator>
 #include <string_view>
 
 namespace longnet {
@@ -83,20 +83,20 @@ bool is_own_slot(const Tensor& in, const Tensor& out, int rank) {
 
 namespace {
 
-constexpr std::array<const char*, 4> kCalls{"all_reduce", "all_gather", "reduce_scatter",
-                                            "broadcast"};
+constexpr const char* kCalls[] = {"all_reduce", "all_gather", "reduce_scatter", "broadcast"};
+constexpr std::int64_t kCallCount = std::size(kCalls);
 
 }  // namespace
 
 std::int64_t call_id(const char* call) {
-  for (std::size_t i = 0; i < kCalls.size(); ++i) {
-    if (std::string_view(call) == kCalls[i]) return static_cast<std::int64_t>(i) + 1;
+  for (std::int64_t i = 0; i < kCallCount; ++i) {
+    if (std::string_view(call) == kCalls[i]) return i + 1;
   }
   throw Error(cat("call_id: \"", call, "\" is not a collective with agreed arguments"));
 }
 
 const char* call_name(std::int64_t id) {
-  return id >= 1 && id <= static_cast<std::int64_t>(kCalls.size()) ? kCalls[id - 1] : "?";
+  return id >= 1 && id <= kCallCount ? kCalls[id - 1] : "?";
 }
 
 }  // namespace longnet

@@ -50,10 +50,10 @@ void validate(const DataParallelConfig& config) {
 }
 
 DataParallel::DataParallel(std::vector<Variable> parameters, Communicator& comm,
-                           DataParallelConfig config)
+                           const DataParallelConfig& config)
     : parameters_(std::move(parameters)),
       comm_(comm),
-      config_(std::move(config)),
+      config_(config),
       ready_(parameters_.size(), false) {
   validate(config_);
   for (std::size_t i = 0; i < parameters_.size(); ++i) {

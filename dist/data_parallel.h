@@ -57,7 +57,7 @@ class DataParallel {
  public:
   // Broadcasts every parameter from rank 0, then hooks the parameters' gradients.
   DataParallel(std::vector<Variable> parameters, Communicator& comm,
-               DataParallelConfig config = {});
+               const DataParallelConfig& config = {});
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
   // Removes the hooks; waits for reductions still in flight.
