@@ -31,17 +31,15 @@ void DilatedAttentionConfig::validate() const {
 
 namespace {
 
+using cpu::count_selected;
 using cpu::HeadPlan;
 using cpu::Item;
 using cpu::plan_heads;
+using cpu::visible;
 using Geometry = cpu::AttentionGeometry;
 using cpu::Mat;
 using cpu::MutRows;
 using cpu::Rows;
-
-std::int64_t count_selected(std::int64_t first, std::int64_t end, std::int64_t r) {
-  return first < end ? (end - first + r - 1) / r : 0;
-}
 
 // Calls f(first, nq, nk) for every segment of the item holding at least one selected query
 // and one selected key; first is the position of compact row 0.
@@ -55,12 +53,6 @@ void for_each_segment(const Item& item, const Geometry& g, F f) {
     std::int64_t nk = count_selected(first, std::min(t0 + w, g.nk), item.r);
     if (nq > 0 && nk > 0) f(first, nq, nk);
   }
-}
-
-// Keys a compact query row may see: all of the segment's, or with the causal mask those up
-// to its own position (compact rows of queries and keys sit at the same positions).
-std::int64_t visible(std::int64_t row, std::int64_t nk, bool causal) {
-  return causal ? std::min(row + 1, nk) : nk;
 }
 
 template <class T>

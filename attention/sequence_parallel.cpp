@@ -19,15 +19,13 @@ SequenceSlice sequence_slice(std::int64_t n, int rank, int ranks) {
 
 namespace {
 
+using cpu::count_selected;
 using cpu::HeadPlan;
 using cpu::Item;
 using cpu::Mat;
 using cpu::MutRows;
 using cpu::Rows;
-
-std::int64_t count_selected(std::int64_t first, std::int64_t end, std::int64_t r) {
-  return first < end ? (end - first + r - 1) / r : 0;
-}
+using cpu::visible;
 
 // The ranks' slices and the branches' rows among them, the same on every rank.
 struct Layout {
@@ -195,10 +193,6 @@ void scatter_add_keys(const KeyRows& keys, const Tensor& local, const Tensor& ga
     T* dst = keys.at<T>(local, gathered, item, t0 + item.j + t * item.r);
     for (Eigen::Index c = 0; c < from.cols(); ++c) dst[c] += from(t, c);
   }
-}
-
-std::int64_t visible(std::int64_t query, std::int64_t nk, bool causal) {
-  return causal ? std::min(query + 1, nk) : nk;
 }
 
 template <class T>

@@ -9,6 +9,7 @@
 
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tensor/view.h"
 
 namespace longnet::testing {
 
@@ -47,6 +48,40 @@ inline double relative_error(const Tensor& got, const Tensor& expected) {
     scale = std::max(scale, std::abs(e[i]));
   }
   return diff / scale;
+}
+
+// How attention inputs lie in GPU memory. bf16 with D == Dv in {32, 64, 128} runs on tensor
+// cores when every row is 16-byte aligned (contiguous, strided); misaligned rows take the
+// CUDA-core kernel (dilated) or are copied first (block-sparse).
+enum class Layout { contiguous, strided, misaligned };
+
+inline const char* name(Layout layout) {
+  switch (layout) {
+    case Layout::contiguous:
+      return "contiguous";
+    case Layout::strided:
+      return "strided";
+    case Layout::misaligned:
+      return "misaligned";
+  }
+  return "";
+}
+
+// t (B, N, H, D) on the GPU in the given layout. strided: transposed tensors (q, dout) as a
+// view of a (B, H, N, D) tensor, the others inside rows of D + 8 elements from element 8;
+// misaligned: inside rows of D + 3 elements from element 1. The spare elements are NaN.
+inline Tensor place(const Tensor& t, Layout layout, bool transposed) {
+  Tensor g = to(t, kGpu);
+  if (layout == Layout::contiguous) return g;
+  if (layout == Layout::strided && transposed) {
+    return transpose(contiguous(transpose(g, 1, 2)), 1, 2);
+  }
+  const bool aligned = layout == Layout::strided;
+  Tensor wide =
+      poisoned({t.size(0), t.size(1), t.size(2), t.size(3) + (aligned ? 8 : 3)}, {t.dtype(), kGpu});
+  Tensor view = narrow(wide, 3, aligned ? 8 : 1, t.size(3));
+  copy_(view, g);
+  return view;
 }
 
 }  // namespace longnet::testing

@@ -27,6 +27,8 @@ namespace {
 
 using testing::error_of;
 using testing::kGpu;
+using testing::Layout;
+using testing::place;
 using testing::poisoned;
 using testing::relative_error;
 using testing::tolerance_for;
@@ -64,44 +66,10 @@ std::string describe_case(const Dims& s, const DilatedAttentionConfig& c, DType 
              c.mode == DilatedMode::paper ? "paper" : "grouped", c.causal ? " causal" : "");
 }
 
-// How the GPU inputs lie in memory. bf16 with D == Dv in {32, 64, 128} runs on tensor cores
-// when every row is 16-byte aligned (contiguous, strided) and on CUDA cores otherwise
-// (misaligned).
-enum class Layout { contiguous, strided, misaligned };
-
-// t (B, N, H, D) on the GPU in the given layout. strided: q (transposed) as a view of a
-// (B, H, N, D) tensor, the others inside rows of D + 8 elements from element 8; misaligned:
-// inside rows of D + 3 elements from element 1. The spare elements are NaN.
-Tensor place(const Tensor& t, Layout layout, bool transposed) {
-  Tensor g = to(t, kGpu);
-  if (layout == Layout::contiguous) return g;
-  if (layout == Layout::strided && transposed) {
-    return transpose(contiguous(transpose(g, 1, 2)), 1, 2);
-  }
-  const bool aligned = layout == Layout::strided;
-  Tensor wide =
-      poisoned({t.size(0), t.size(1), t.size(2), t.size(3) + (aligned ? 8 : 3)}, {t.dtype(), kGpu});
-  Tensor view = narrow(wide, 3, aligned ? 8 : 1, t.size(3));
-  copy_(view, g);
-  return view;
-}
-
-const char* name(Layout layout) {
-  switch (layout) {
-    case Layout::contiguous:
-      return "contiguous";
-    case Layout::strided:
-      return "strided";
-    case Layout::misaligned:
-      return "misaligned";
-  }
-  return "";
-}
-
 // Forward and backward through the cuda layer into poisoned outputs, against the CPU.
 void check_against_cpu(const Dims& s, const DilatedAttentionConfig& c, DType dtype,
                        std::uint64_t seed, Layout layout = Layout::contiguous) {
-  INFO(describe_case(s, c, dtype), " ", name(layout));
+  INFO(describe_case(s, c, dtype), " ", testing::name(layout));
   Inputs in = draw(s, dtype, seed);
   DType od = oracle_dtype(dtype);
   Tensor cq = to(in.q, od);

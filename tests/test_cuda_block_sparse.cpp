@@ -26,6 +26,8 @@ using testing::contains;
 using testing::error_of;
 using testing::kGpu;
 using testing::kGpuBf16;
+using testing::Layout;
+using testing::place;
 using testing::poisoned;
 using testing::relative_error;
 
@@ -50,24 +52,6 @@ std::string describe_case(const Case& c) {
   return cat("B=", c.batch, " Nq=", c.nq, " Nk=", c.nk, " H=", c.heads, " D=", c.d, " ",
              name(b.pattern), " block_size=", b.block_size, " density=", b.density,
              " global_blocks=", b.global_blocks, b.causal ? " causal" : "");
-}
-
-// q, k, v and dout on the GPU: contiguous, or (strided) q and dout as transposes of
-// (B, H, N, D) tensors and k and v inside rows of D + 8 elements (aligned), or (misaligned)
-// inside rows of D + 3 elements, which the kernels copy first.
-enum class Layout { contiguous, strided, misaligned };
-
-Tensor place(const Tensor& t, Layout layout, bool transposed) {
-  Tensor g = to(t, kGpu);
-  if (layout == Layout::contiguous) return g;
-  if (layout == Layout::strided && transposed) {
-    return transpose(contiguous(transpose(g, 1, 2)), 1, 2);
-  }
-  const std::int64_t spare = layout == Layout::strided ? 8 : 3;
-  Tensor wide = poisoned({t.size(0), t.size(1), t.size(2), t.size(3) + spare}, {t.dtype(), kGpu});
-  Tensor view = narrow(wide, 3, spare == 8 ? 8 : 1, t.size(3));
-  copy_(view, g);
-  return view;
 }
 
 // Forward and backward through the cuda layer into poisoned outputs, against the CPU.

@@ -68,6 +68,12 @@ double gap(const Tensor& a, const Tensor& b) {
 }
 
 #ifdef LONGNET_TEST_MPIRUN
+// How far step a's loss and gradient norm are from b's, relative to b's.
+double step_gap(const StepStats& a, const StepStats& b) {
+  return std::max(std::abs(a.loss - b.loss) / b.loss,
+                  std::abs(a.grad_norm - b.grad_norm) / b.grad_norm);
+}
+
 // The largest gap between two trainers' parameters.
 double parameter_gap(Trainer& a, Trainer& b) {
   double most = 0;
@@ -784,8 +790,7 @@ TEST_SUITE("dist") {
     for (int i = 0; i < 4; ++i) {
       StepStats a = ranks.step();
       StepStats b = one.step();
-      loss_gap = std::max({loss_gap, std::abs(a.loss - b.loss) / b.loss,
-                           std::abs(a.grad_norm - b.grad_norm) / b.grad_norm});
+      loss_gap = std::max(loss_gap, step_gap(a, b));
       ok = ok && !a.skipped && a.tokens == b.tokens && a.bytes_sent > 0 && b.bytes_sent == 0;
     }
     CHECK(everywhere(ok));
@@ -814,8 +819,7 @@ TEST_SUITE("dist") {
     for (int i = 0; i < 3; ++i) {
       StepStats a = ranks.step();
       StepStats b = one.step();
-      loss_gap = std::max({loss_gap, std::abs(a.loss - b.loss) / b.loss,
-                           std::abs(a.grad_norm - b.grad_norm) / b.grad_norm});
+      loss_gap = std::max(loss_gap, step_gap(a, b));
       ok = ok && !a.skipped && a.tokens == b.tokens;
     }
     loss_gap = std::max(loss_gap, std::abs(ranks.evaluate().val_loss - one.evaluate().val_loss));
