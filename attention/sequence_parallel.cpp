@@ -8,6 +8,9 @@
 #include "attention/cpu/head_plan.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tensor/elementwise.h"
+#include "tensor/index.h"
+#include "tensor/view.h"
 
 namespace longnet {
 
@@ -20,14 +23,11 @@ SequenceSlice sequence_slice(std::int64_t n, int rank, int ranks) {
 namespace {
 
 using cpu::count_selected;
-using cpu::HeadPlan;
 using cpu::Item;
-using cpu::Mat;
-using cpu::MutRows;
-using cpu::Rows;
-using cpu::visible;
 
-// The ranks' slices and the branches' rows among them, the same on every rank.
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// The ranks' slices, the same on every rank.
 struct Layout {
   std::int64_t n;
   std::int64_t batch, local, heads, d, dv;  // this rank's q (B, local, H, D), v's Dv
@@ -44,11 +44,6 @@ struct Layout {
     return (x / w) * count_selected(item.j, w, item.r) + count_selected(item.j, x % w, item.r);
   }
 
-  bool selects(const Item& item, std::int64_t position) const {
-    std::int64_t in_segment = position % width(item);
-    return in_segment >= item.j && (in_segment - item.j) % item.r == 0;
-  }
-
   // Whether some segment of the item's branch holds positions of two ranks.
   bool crosses(const Item& item) const {
     for (int r = 1; r < ranks; ++r) {
@@ -57,255 +52,334 @@ struct Layout {
     return false;
   }
 
-  int owner(std::int64_t position) const {
-    return static_cast<int>(std::upper_bound(begin.begin(), begin.end(), position) -
-                            begin.begin()) -
-           1;
+  // This rank's positions that the item selects, as rows of its slice, in order.
+  std::vector<std::int64_t> selected_rows(const Item& item) const {
+    std::int64_t w = width(item);
+    std::int64_t a0 = begin[rank];
+    std::int64_t a1 = begin[rank + 1];
+    std::vector<std::int64_t> rows;
+    for (std::int64_t t0 = a0 / w * w; t0 < a1; t0 += w) {
+      std::int64_t p = t0 + item.j;
+      if (p < a0) p += (a0 - p + item.r - 1) / item.r * item.r;
+      for (; p < std::min(a1, t0 + w); p += item.r) rows.push_back(p - a0);
+    }
+    return rows;
   }
 };
 
-// A crossing branch's packed rows: for each head that uses it (slot s), the K and V rows of
-// every rank's slice that the branch selects for that head, in position order, rank r's at
-// [r, :, 0 .. count). Shapes (P, B, rows, slots, D) and (P, B, rows, slots, Dv).
-struct Packed {
-  std::vector<std::int64_t> slot;  // per head: its slot, or -1 when the head skips the branch
-  std::vector<Item> items;         // per slot: the head's view of the branch
-  std::int64_t rows = 0;           // the largest count of any rank and slot
-  Tensor k;
-  Tensor v;
+// The heads that see one branch with one offset j (paper mode: the heads h with
+// h mod r = j; grouped mode: a group). For each of them the branch's selected positions,
+// in order, form one compact sequence: its segments are `per_segment` compact rows (the last
+// may be shorter), and the branch on these heads is attention with one branch of rate 1 and
+// segments of per_segment rows over the compact rows. Rank r holds compact rows
+// [starts[r], starts[r + 1]).
+struct HeadClass {
+  Item item{};
+  std::vector<std::int64_t> heads;
+  double out_scale = 1;   // the factor grouped mode puts on a branch's output
+  bool crossing = false;  // some segment holds positions of two ranks
+  std::int64_t per_segment = 0;
+  std::vector<std::int64_t> starts;
+  Tensor rows;      // this rank's (position, head) pairs, position-major: local * H + head
+  Tensor lse_rows;  // the same pairs head-major in a (H, local) layout: head * local + position
+
+  std::int64_t count(int rank) const { return starts[rank + 1] - starts[rank]; }
+  std::int64_t most_rows() const {
+    std::int64_t most = 0;
+    for (std::size_t r = 0; r + 1 < starts.size(); ++r) {
+      most = std::max(most, starts[r + 1] - starts[r]);
+    }
+    return most;
+  }
+  auto width() const { return static_cast<std::int64_t>(heads.size()); }
 };
 
-// Calls f(head, slot, local, row) for each row this rank packs for a crossing branch: head
-// h's selected position at local row `local` of the slice is packed row `row` of slot.
-template <class F>
-void for_each_packed_row(const Layout& lay, const Packed& p, F f) {
-  std::int64_t a0 = lay.begin[lay.rank];
+Tensor index_tensor(const std::vector<std::int64_t>& values, Device device) {
+  return from_data(values, {static_cast<std::int64_t>(values.size())}, device);
+}
+
+// Every (branch, offset) class with rows somewhere in the sequence, in the same order on
+// every rank.
+std::vector<HeadClass> head_classes(const Layout& lay, const DilatedAttentionConfig& config,
+                                    Device device) {
+  auto plans = cpu::plan_heads(config, lay.heads);
+  std::vector<HeadClass> classes;
   for (std::int64_t h = 0; h < lay.heads; ++h) {
-    std::int64_t s = p.slot[h];
-    if (s < 0) continue;
-    std::int64_t row = 0;
-    for (std::int64_t pos = a0; pos < lay.begin[lay.rank + 1]; ++pos) {
-      if (lay.selects(p.items[s], pos)) f(h, s, pos - a0, row++);
-    }
-  }
-}
-
-template <class T>
-T* row_of(const Tensor& t, std::initializer_list<std::int64_t> index) {
-  std::int64_t offset = 0;
-  std::size_t dim = 0;
-  for (std::int64_t i : index) offset += i * t.stride(static_cast<std::int64_t>(dim++));
-  return t.data<T>() + offset;
-}
-
-// Every branch's packed rows, gathered from all ranks, or an undefined Packed for branches
-// that stay inside slices. kc, vc: this rank's contiguous compute-dtype k and v.
-template <class T>
-std::vector<Packed> gather_branches(const Layout& lay, const std::vector<HeadPlan>& plans,
-                                    std::int64_t branches, const Tensor& kc, const Tensor& vc,
-                                    Communicator& comm) {
-  std::vector<Packed> packed(static_cast<std::size_t>(branches));
-  for (std::int64_t b = 0; b < branches; ++b) {
-    Packed& p = packed[b];
-    p.slot.assign(static_cast<std::size_t>(lay.heads), -1);
-    for (std::int64_t h = 0; h < lay.heads; ++h) {
-      for (const Item& item : plans[h].items) {
-        if (item.branch != b) continue;
-        p.slot[h] = static_cast<std::int64_t>(p.items.size());
-        p.items.push_back(item);
+    for (const Item& item : plans[h].items) {
+      auto same = std::find_if(classes.begin(), classes.end(), [&](const HeadClass& c) {
+        return c.item.branch == item.branch && c.item.j == item.j;
+      });
+      if (same != classes.end()) {
+        same->heads.push_back(h);
+        continue;
       }
+      HeadClass c;
+      c.item = item;
+      c.heads = {h};
+      c.out_scale = plans[h].out_scale;
+      c.crossing = lay.crosses(item);
+      c.per_segment = count_selected(item.j, lay.width(item), item.r);
+      for (std::int64_t b : lay.begin) c.starts.push_back(lay.selected_before(item, b));
+      if (c.starts.back() > 0) classes.push_back(std::move(c));
     }
-    if (p.items.empty() || !lay.crosses(p.items.front())) continue;
-    for (const Item& item : p.items) {
-      for (int r = 0; r < lay.ranks; ++r) {
-        p.rows = std::max(p.rows, lay.selected_before(item, lay.begin[r + 1]) -
-                                      lay.selected_before(item, lay.begin[r]));
-      }
-    }
-    auto slots = static_cast<std::int64_t>(p.items.size());
-    DType ct = kc.dtype();
-    Tensor mine_k = zeros({lay.batch, p.rows, slots, lay.d}, {ct});
-    Tensor mine_v = zeros({lay.batch, p.rows, slots, lay.dv}, {ct});
-    for_each_packed_row(
-        lay, p, [&](std::int64_t h, std::int64_t s, std::int64_t local, std::int64_t row) {
-          for (std::int64_t bt = 0; bt < lay.batch; ++bt) {
-            std::copy_n(row_of<T>(kc, {bt, local, h}), lay.d, row_of<T>(mine_k, {bt, row, s}));
-            std::copy_n(row_of<T>(vc, {bt, local, h}), lay.dv, row_of<T>(mine_v, {bt, row, s}));
-          }
-        });
-    p.k = empty({lay.ranks, lay.batch, p.rows, slots, lay.d}, {ct});
-    p.v = empty({lay.ranks, lay.batch, p.rows, slots, lay.dv}, {ct});
-    comm.all_gather(mine_k, p.k);
-    comm.all_gather(mine_v, p.v);
   }
-  return packed;
+  for (HeadClass& c : classes) {
+    std::vector<std::int64_t> positions = lay.selected_rows(c.item);
+    std::vector<std::int64_t> rows;
+    std::vector<std::int64_t> lse_rows;
+    for (std::int64_t p : positions) {
+      for (std::int64_t h : c.heads) rows.push_back(p * lay.heads + h);
+    }
+    for (std::int64_t h : c.heads) {
+      for (std::int64_t p : positions) lse_rows.push_back(h * lay.local + p);
+    }
+    c.rows = index_tensor(rows, device);
+    c.lse_rows = index_tensor(lse_rows, device);
+  }
+  return classes;
 }
 
-// Where key row `position` of head h in item's branch lives: this rank's k (or dk) for a
-// branch inside slices or a row of this rank, else the packed rows (or their gradients).
-struct KeyRows {
-  const Layout& lay;
-  const Packed& packed;
-  std::int64_t bt, h;
-
-  template <class T>
-  T* at(const Tensor& local, const Tensor& gathered, const Item& item,
-        std::int64_t position) const {
-    if (!gathered.defined()) return row_of<T>(local, {bt, position - lay.begin[lay.rank], h});
-    int r = lay.owner(position);
-    std::int64_t row =
-        lay.selected_before(item, position) - lay.selected_before(item, lay.begin[r]);
-    return row_of<T>(gathered, {r, bt, row, packed.slot[h]});
-  }
+// One attention call that computes part of a class on this rank: compact query rows
+// [q0, q1) against compact key rows [k0, k1), under config (one branch of rate 1).
+struct Piece {
+  std::int64_t q0, q1, k0, k1;
+  DilatedAttentionConfig config;
 };
 
-// Calls f(t0, tq, nq, nk) for each segment of the item with selected queries in this rank's
-// slice: queries are the segment's compact rows tq .. tq + nq, keys its compact rows 0 .. nk
-// (compact row t at position t0 + j + t r), nk cut at the last query when causal.
-template <class F>
-void for_each_local_segment(const Layout& lay, const Item& item, bool causal, F f) {
-  std::int64_t w = lay.width(item);
-  std::int64_t a0 = lay.begin[lay.rank];
-  std::int64_t a1 = lay.begin[lay.rank + 1];
-  for (std::int64_t t0 = a0 / w * w; t0 < a1; t0 += w) {
-    std::int64_t first = t0 + item.j;
-    std::int64_t tq = count_selected(first, std::max(a0, t0), item.r);
-    std::int64_t nq = count_selected(first, std::min(a1, t0 + w), item.r) - tq;
-    std::int64_t nk = count_selected(first, std::min(lay.n, t0 + w), item.r);
-    if (causal) nk = std::min(nk, tq + nq);
-    if (nq > 0 && nk > 0) f(t0, tq, nq, nk);
-  }
-}
+// This rank's part of a class: its compact query rows [qa, qb), the compact key rows
+// [k0, k1) they see, and the calls that cover them. Whole segments from a segment start on
+// are one call over their compact rows. A first segment that began on an earlier rank is
+// split off: without the causal mask its queries see all of its keys (one segment in the
+// call); with it, they see all keys before qa (a call without the mask) and the keys from qa
+// on under the mask (a call that starts at qa): the two merge like branches. The attention
+// kernels then never need a query offset.
+struct ClassWork {
+  std::int64_t qa, qb, k0, k1;
+  std::vector<Piece> pieces;
+};
 
-template <class T>
-void gather_keys(const KeyRows& keys, const Tensor& local, const Tensor& gathered, const Item& item,
-                 std::int64_t t0, Mat<T>& into) {
-  for (Eigen::Index t = 0; t < into.rows(); ++t) {
-    const T* src = keys.at<T>(local, gathered, item, t0 + item.j + t * item.r);
-    std::copy_n(src, into.cols(), into.row(t).data());
-  }
-}
-
-template <class T>
-void scatter_add_keys(const KeyRows& keys, const Tensor& local, const Tensor& gathered,
-                      const Item& item, std::int64_t t0, const Mat<T>& from) {
-  for (Eigen::Index t = 0; t < from.rows(); ++t) {
-    T* dst = keys.at<T>(local, gathered, item, t0 + item.j + t * item.r);
-    for (Eigen::Index c = 0; c < from.cols(); ++c) dst[c] += from(t, c);
-  }
-}
-
-template <class T>
-void forward_ranks(const Layout& lay, const std::vector<HeadPlan>& plans,
-                   const std::vector<Packed>& packed, const Tensor& qc, const Tensor& kc,
-                   const Tensor& vc, const Tensor& out, const Tensor& lse, T scale, bool causal) {
-  std::int64_t qrow = lay.heads * lay.d;
-  std::int64_t a0 = lay.begin[lay.rank];
-#pragma omp parallel for schedule(dynamic)
-  for (std::int64_t task = 0; task < lay.batch * lay.heads; ++task) {
-    std::int64_t bt = task / lay.heads;
-    std::int64_t h = task % lay.heads;
-    cpu::OnlineSoftmax<T> softmax(lay.local, lay.dv);
-    for (const Item& item : plans[h].items) {
-      const Packed& p = packed[item.branch];
-      KeyRows keys{lay, p, bt, h};
-      for_each_local_segment(
-          lay, item, causal,
-          [&](std::int64_t t0, std::int64_t tq, std::int64_t nq, std::int64_t nk) {
-            std::int64_t first = t0 + item.j + tq * item.r - a0;  // local row of the first query
-            Rows<T> qs(row_of<T>(qc, {bt, first, h}), nq, lay.d,
-                       Eigen::OuterStride<>(item.r * qrow));
-            Mat<T> ks(nk, lay.d);
-            Mat<T> vs(nk, lay.dv);
-            gather_keys(keys, kc, p.k, item, t0, ks);
-            gather_keys(keys, vc, p.v, item, t0, vs);
-            Mat<T> s = scale * (qs * ks.transpose());
-            softmax.merge(
-                s, vs, [&](Eigen::Index a) { return visible(tq + a, nk, causal); },
-                [&](Eigen::Index a) { return first + a * item.r; });
-          });
-    }
-    auto out_scale = static_cast<T>(plans[h].out_scale);
-    for (std::int64_t pos = 0; pos < lay.local; ++pos) {
-      *row_of<T>(lse, {bt, h, pos}) = softmax.finish(pos, out_scale, row_of<T>(out, {bt, pos, h}));
+ClassWork work_of(const Layout& lay, const HeadClass& c, bool causal, double scale) {
+  std::int64_t qa = c.starts[lay.rank];
+  std::int64_t qb = c.starts[lay.rank + 1];
+  std::int64_t total = c.starts.back();
+  ClassWork work{qa, qb, qa, qb, {}};
+  auto one_segment = [&](std::int64_t q0, std::int64_t q1, std::int64_t k0, std::int64_t k1,
+                         bool masked) {
+    work.pieces.push_back(
+        {q0, q1, k0, k1, {{std::max(q1 - q0, k1 - k0)}, {1}, DilatedMode::paper, masked, scale}});
+  };
+  std::int64_t s = c.per_segment;
+  std::int64_t q0 = qa;
+  if (qa < qb && qa % s != 0) {
+    std::int64_t first = qa / s * s;
+    q0 = std::min(first + s, qb);
+    work.k0 = first;
+    if (causal) {
+      one_segment(qa, q0, first, qa, false);
+      one_segment(qa, q0, qa, q0, true);
+    } else {
+      work.k1 = std::min(first + s, total);
+      one_segment(qa, q0, first, work.k1, false);
     }
   }
-}
-
-template <class T>
-void backward_ranks(const Layout& lay, const std::vector<HeadPlan>& plans,
-                    const std::vector<Packed>& packed, const std::vector<Tensor>& packed_dk,
-                    const std::vector<Tensor>& packed_dv, const Tensor& qc, const Tensor& kc,
-                    const Tensor& vc, const Tensor& oc, const Tensor& lc, const Tensor& doc,
-                    const AttentionGrads& grads, T scale, bool causal) {
-  std::int64_t qrow = lay.heads * lay.d;
-  std::int64_t vrow = lay.heads * lay.dv;
-  std::int64_t a0 = lay.begin[lay.rank];
-#pragma omp parallel for schedule(dynamic)
-  for (std::int64_t task = 0; task < lay.batch * lay.heads; ++task) {
-    std::int64_t bt = task / lay.heads;
-    std::int64_t h = task % lay.heads;
-    const T* lse_h = row_of<T>(lc, {bt, h});
-    // Dp = rowsum(dO * O): the same for the softmax output and the scaled output.
-    std::vector<T> dp(static_cast<std::size_t>(lay.local));
-    for (std::int64_t pos = 0; pos < lay.local; ++pos) {
-      const T* o = row_of<T>(oc, {bt, pos, h});
-      const T* g = row_of<T>(doc, {bt, pos, h});
-      T total = 0;
-      for (std::int64_t c = 0; c < lay.dv; ++c) total += g[c] * o[c];
-      dp[pos] = total;
-    }
-    auto out_scale = static_cast<T>(plans[h].out_scale);
-    for (const Item& item : plans[h].items) {
-      const Packed& p = packed[item.branch];
-      KeyRows keys{lay, p, bt, h};
-      for_each_local_segment(
-          lay, item, causal,
-          [&](std::int64_t t0, std::int64_t tq, std::int64_t nq, std::int64_t nk) {
-            std::int64_t first = t0 + item.j + tq * item.r - a0;
-            Eigen::OuterStride<> q_stride(item.r * qrow);
-            Eigen::OuterStride<> v_stride(item.r * vrow);
-            Rows<T> qs(row_of<T>(qc, {bt, first, h}), nq, lay.d, q_stride);
-            Rows<T> dos(row_of<T>(doc, {bt, first, h}), nq, lay.dv, v_stride);
-            Mat<T> ks(nk, lay.d);
-            Mat<T> vs(nk, lay.dv);
-            gather_keys(keys, kc, p.k, item, t0, ks);
-            gather_keys(keys, vc, p.v, item, t0, vs);
-            Mat<T> s = scale * (qs * ks.transpose());
-            // A query reached here saw at least one key in the forward pass: its lse is finite.
-            cpu::exponentiate(
-                s, [&](Eigen::Index a) { return visible(tq + a, nk, causal); },
-                [&](Eigen::Index a) { return lse_h[first + a * item.r]; });
-            Mat<T> d_out = out_scale * dos;
-            Mat<T> ds = d_out * vs.transpose();  // dP
-            for (std::int64_t a = 0; a < nq; ++a) {
-              ds.row(a) =
-                  (s.row(a).array() * (ds.row(a).array() - dp[first + a * item.r])).matrix();
-            }
-            MutRows<T>(row_of<T>(grads.dq, {bt, first, h}), nq, lay.d, q_stride).noalias() +=
-                scale * ds * ks;
-            Mat<T> dks = scale * ds.transpose() * qs;
-            Mat<T> dvs = s.transpose() * d_out;
-            scatter_add_keys(keys, grads.dk, packed_dk[item.branch], item, t0, dks);
-            scatter_add_keys(keys, grads.dv, packed_dv[item.branch], item, t0, dvs);
-          });
-    }
+  if (q0 < qb) {
+    std::int64_t k1 = causal ? qb : std::min(total, (qb + s - 1) / s * s);
+    work.k1 = std::max(work.k1, k1);
+    work.pieces.push_back({q0, qb, q0, k1, {{s}, {1}, DilatedMode::paper, causal, scale}});
   }
+  return work;
 }
 
-// Adds this rank's part of packed gradients (B, rows, slots, D) into its (B, local, H, D)
-// gradient: the inverse of the packing in gather_branches.
-template <class T>
-void unpack_add(const Layout& lay, const Packed& p, const Tensor& mine, const Tensor& grad) {
-  std::int64_t width = grad.size(3);
-  for_each_packed_row(lay, p,
-                      [&](std::int64_t h, std::int64_t s, std::int64_t local, std::int64_t row) {
-                        for (std::int64_t bt = 0; bt < lay.batch; ++bt) {
-                          const T* src = row_of<T>(mine, {bt, row, s});
-                          T* dst = row_of<T>(grad, {bt, local, h});
-                          for (std::int64_t c = 0; c < width; ++c) dst[c] += src[c];
-                        }
-                      });
+// Where compact rows [k0, k1) of a crossing class lie in the all-gathered packed rows
+// (ranks x most_rows, each rank's rows from the start of its slot).
+Tensor packed_index(const HeadClass& c, std::int64_t k0, std::int64_t k1, Device device) {
+  std::int64_t rows = c.most_rows();
+  std::vector<std::int64_t> at;
+  for (std::int64_t i = k0; i < k1; ++i) {
+    auto r = std::upper_bound(c.starts.begin(), c.starts.end(), i) - c.starts.begin() - 1;
+    at.push_back(r * rows + i - c.starts[r]);
+  }
+  return index_tensor(at, device);
+}
+
+// The compact key rows [k0, k1) of t, this rank's rows of the class (B, count, heads, X):
+// t itself for a class inside slices; else every rank's rows, all-gathered (only the
+// selected rows travel) and picked. A crossing class takes part in the collective even when
+// this rank has no rows of it.
+Tensor key_rows(const Layout& lay, const HeadClass& c, const Tensor& t, std::int64_t k0,
+                std::int64_t k1, Communicator& comm) {
+  if (!c.crossing) return narrow(t, 1, k0 - c.starts[lay.rank], k1 - k0);
+  std::int64_t rows = c.most_rows();
+  TensorOptions options{t.dtype(), t.device()};
+  Tensor send = zeros({rows, lay.batch, c.width(), t.size(3)}, options);
+  copy_(narrow(send, 0, 0, t.size(1)), permute(t, {1, 0, 2, 3}));
+  Tensor all = empty({lay.ranks, rows, lay.batch, c.width(), t.size(3)}, options);
+  comm.all_gather(send, all);
+  if (k0 == k1) return empty({lay.batch, 0, c.width(), t.size(3)}, options);
+  Tensor picked = index_select(reshape(all, {lay.ranks * rows, lay.batch, c.width(), t.size(3)}), 0,
+                               packed_index(c, k0, k1, t.device()));
+  return contiguous(permute(picked, {1, 0, 2, 3}));
+}
+
+// Adds g, the gradient of the class's compact key rows [k0, k1) (B, k1 - k0, heads, X), to
+// grad (B, local * H, X): rows of other ranks go back to them (a reduce-scatter of the
+// packed layout key_rows gathered).
+void add_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, std::int64_t k0,
+                   std::int64_t k1, const Tensor& grad, Communicator& comm) {
+  std::int64_t mine = c.count(lay.rank);
+  std::int64_t x = grad.size(2);
+  if (!c.crossing) {
+    if (mine > 0) index_add_(grad, 1, c.rows, reshape(g, {lay.batch, mine * c.width(), x}));
+    return;
+  }
+  std::int64_t rows = c.most_rows();
+  TensorOptions options{g.dtype(), g.device()};
+  Tensor all = zeros({lay.ranks * rows, lay.batch, c.width(), x}, options);
+  if (k0 < k1) {
+    index_add_(all, 0, packed_index(c, k0, k1, g.device()), contiguous(permute(g, {1, 0, 2, 3})));
+  }
+  Tensor back = empty({rows, lay.batch, c.width(), x}, options);
+  comm.reduce_scatter(reshape(all, {lay.ranks, rows, lay.batch, c.width(), x}), back,
+                      ReduceOp::sum);
+  if (mine == 0) return;
+  Tensor own = contiguous(permute(narrow(back, 0, 0, mine), {1, 0, 2, 3}));
+  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.width(), x}));
+}
+
+// log(exp(a) + exp(b)), -inf where both are.
+Tensor log_add_exp(const Tensor& a, const Tensor& b) {
+  Tensor top = maximum(a, b);
+  Tensor shift = where(gt(top, -kInf), top, scalar(0, {top.dtype(), top.device()}));
+  return add(shift, log(add(exp(sub(a, shift)), exp(sub(b, shift)))));
+}
+
+// exp(lse - total) of a class's rows, (B, heads, count) -> (B, count, heads, 1): the share of
+// a part with log-denominator lse in a softmax whose log-denominator is total.
+Tensor share(const Tensor& lse, const Tensor& total) {
+  return unsqueeze(permute(exp(sub(lse, total)), {0, 2, 1}), 3);
+}
+
+// Merges a part (out, lse) of some rows into the running (acc, acc_lse) of those rows, in
+// place: acc (B, n, heads, Dv), acc_lse (B, heads, n).
+void merge_into(const Tensor& acc, const Tensor& acc_lse, const Tensor& out, const Tensor& lse) {
+  Tensor total = log_add_exp(acc_lse, lse);
+  copy_(acc, add(mul(acc, share(acc_lse, total)), mul(out, share(lse, total))));
+  copy_(acc_lse, total);
+}
+
+// This rank's rows of a class from t (B, local, H, X): (B, count, heads, X).
+Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& t) {
+  std::int64_t x = t.size(3);
+  Tensor flat = reshape(contiguous(t), {lay.batch, lay.local * lay.heads, x});
+  return reshape(index_select(flat, 1, c.rows), {lay.batch, c.count(lay.rank), c.width(), x});
+}
+
+// Rows [from, to) of dim dim of t, relative to t's first row `origin`, contiguous.
+Tensor part(const Tensor& t, std::int64_t dim, std::int64_t origin, std::int64_t from,
+            std::int64_t to) {
+  return contiguous(narrow(t, dim, from - origin, to - from));
+}
+
+AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& config, const Tensor& q,
+                           const Tensor& k, const Tensor& v, Communicator& comm) {
+  DType ct = cpu::attention_compute_dtype(q.dtype());
+  TensorOptions options{ct, q.device()};
+  double scale = cpu::attention_scale(config.scale, lay.d);
+  auto classes = head_classes(lay, config, q.device());
+  // Each class's output and log-denominators on this rank's rows: (B, count, heads, Dv),
+  // (B, heads, count).
+  std::vector<AttentionOutput> parts;
+  for (const HeadClass& c : classes) {
+    ClassWork w = work_of(lay, c, config.causal, scale);
+    Tensor qs = rows_of(lay, c, q);
+    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), w.k0, w.k1, comm);
+    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), w.k0, w.k1, comm);
+    Tensor out = zeros({lay.batch, w.qb - w.qa, c.width(), lay.dv}, options);
+    Tensor lse = full({lay.batch, c.width(), w.qb - w.qa}, -kInf, options);
+    for (const Piece& p : w.pieces) {
+      AttentionOutput o =
+          dilated_attention_forward(part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
+                                    part(vs, 1, w.k0, p.k0, p.k1), p.config);
+      merge_into(narrow(out, 1, p.q0 - w.qa, p.q1 - p.q0), narrow(lse, 2, p.q0 - w.qa, p.q1 - p.q0),
+                 to(o.out, ct), o.lse);
+    }
+    parts.push_back({out, lse});
+  }
+  // One softmax over the branches: the log-denominators of each branch (its classes hold
+  // disjoint heads) merge into the total, -inf where no branch selects a position.
+  Tensor total = full({lay.batch, lay.heads * lay.local}, -kInf, options);
+  auto branches = static_cast<std::int64_t>(config.segment_lengths.size());
+  for (std::int64_t b = 0; b < branches; ++b) {
+    Tensor lse = zeros({lay.batch, lay.heads * lay.local}, options);
+    Tensor seen = zeros({1, lay.heads * lay.local}, options);
+    for (std::size_t i = 0; i < classes.size(); ++i) {
+      const HeadClass& c = classes[i];
+      if (c.item.branch != b || c.count(lay.rank) == 0) continue;
+      std::int64_t pairs = c.count(lay.rank) * c.width();
+      index_add_(lse, 1, c.lse_rows, reshape(parts[i].lse, {lay.batch, pairs}));
+      index_add_(seen, 1, c.lse_rows, ones({1, pairs}, options));
+    }
+    total = log_add_exp(total, where(seen, lse, scalar(-kInf, options)));
+  }
+  Tensor out = zeros({lay.batch, lay.local * lay.heads, lay.dv}, options);
+  for (std::size_t i = 0; i < classes.size(); ++i) {
+    const HeadClass& c = classes[i];
+    std::int64_t mine = c.count(lay.rank);
+    if (mine == 0) continue;
+    Tensor class_total = reshape(index_select(total, 1, c.lse_rows), {lay.batch, c.width(), mine});
+    Tensor weighted = mul(mul(parts[i].out, share(parts[i].lse, class_total)), c.out_scale);
+    index_add_(out, 1, c.rows, reshape(weighted, {lay.batch, mine * c.width(), lay.dv}));
+  }
+  return {to(reshape(out, {lay.batch, lay.local, lay.heads, lay.dv}), q.dtype()),
+          reshape(total, {lay.batch, lay.heads, lay.local})};
+}
+
+AttentionGrads backward_in(const Layout& lay, const DilatedAttentionConfig& config, const Tensor& q,
+                           const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                           const Tensor& dout, Communicator& comm) {
+  DType ct = cpu::attention_compute_dtype(q.dtype());
+  TensorOptions options{ct, q.device()};
+  double scale = cpu::attention_scale(config.scale, lay.d);
+  auto classes = head_classes(lay, config, q.device());
+  Tensor lse_flat = reshape(to(contiguous(lse), ct), {lay.batch, lay.heads * lay.local});
+  Tensor dq = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
+  Tensor dk = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
+  Tensor dv = zeros({lay.batch, lay.local * lay.heads, lay.dv}, options);
+  for (const HeadClass& c : classes) {
+    ClassWork w = work_of(lay, c, config.causal, scale);
+    std::int64_t mine = w.qb - w.qa;
+    Tensor qs = rows_of(lay, c, q);
+    // The branch's own softmax output and its gradient: out = out_scale softmax (grouped
+    // mode), so the rows of out are divided by it and those of dout multiplied.
+    Tensor os = rows_of(lay, c, out);
+    Tensor gs = rows_of(lay, c, dout);
+    if (c.out_scale != 1) {
+      os = to(mul(to(os, ct), 1 / c.out_scale), q.dtype());
+      gs = to(mul(to(gs, ct), c.out_scale), q.dtype());
+    }
+    Tensor ls = reshape(index_select(lse_flat, 1, c.lse_rows), {lay.batch, c.width(), mine});
+    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), w.k0, w.k1, comm);
+    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), w.k0, w.k1, comm);
+    Tensor dqs = zeros({lay.batch, mine, c.width(), lay.d}, options);
+    Tensor dks = zeros({lay.batch, w.k1 - w.k0, c.width(), lay.d}, options);
+    Tensor dvs = zeros({lay.batch, w.k1 - w.k0, c.width(), lay.dv}, options);
+    for (const Piece& p : w.pieces) {
+      AttentionGrads pg = dilated_attention_backward(
+          part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
+          part(vs, 1, w.k0, p.k0, p.k1), part(os, 1, w.qa, p.q0, p.q1),
+          part(ls, 2, w.qa, p.q0, p.q1), part(gs, 1, w.qa, p.q0, p.q1), p.config);
+      add_(narrow(dqs, 1, p.q0 - w.qa, p.q1 - p.q0), to(pg.dq, ct));
+      add_(narrow(dks, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dk, ct));
+      add_(narrow(dvs, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dv, ct));
+    }
+    if (mine > 0) index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.width(), lay.d}));
+    add_key_grads(lay, c, dks, w.k0, w.k1, dk, comm);
+    add_key_grads(lay, c, dvs, w.k0, w.k1, dv, comm);
+  }
+  auto shaped = [&](const Tensor& t, const Tensor& like) {
+    return to(reshape(t, {lay.batch, lay.local, lay.heads, t.size(2)}), like.dtype());
+  };
+  return {shaped(dq, q), shaped(dk, k), shaped(dv, v)};
 }
 
 Layout check_layout(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -328,82 +402,15 @@ Layout check_layout(const Tensor& q, const Tensor& k, const Tensor& v,
   return lay;
 }
 
-// The first branch whose segments cross a slice boundary, or -1 when every segment lies in
-// one rank's slice: then each rank's part is plain dilated attention over its own rows
-// (every slice starts at a segment start of every branch).
-std::int64_t first_crossing(const Layout& lay, const DilatedAttentionConfig& config) {
+// Whether some branch has a segment across a slice boundary. When none does (every slice
+// starts at a segment start of every branch), each rank's part is plain dilated attention
+// over its own rows.
+bool any_crossing(const Layout& lay, const DilatedAttentionConfig& config) {
   for (std::size_t b = 0; b < config.segment_lengths.size(); ++b) {
     Item item{config.segment_lengths[b], config.dilation_rates[b], 0, static_cast<std::int64_t>(b)};
-    if (lay.crosses(item)) return static_cast<std::int64_t>(b);
+    if (lay.crosses(item)) return true;
   }
-  return -1;
-}
-
-// Crossing branches exchange rows through the CPU kernels only so far.
-void check_crossing_on_cpu(const Layout& lay, const DilatedAttentionConfig& config,
-                           std::int64_t crossing, const Tensor& q, const char* op) {
-  if (q.device().is_cpu()) return;
-  std::int64_t w = config.segment_lengths[crossing];
-  std::int64_t boundary = 0;
-  for (int r = 1; r < lay.ranks && boundary == 0; ++r) {
-    if (lay.begin[r] % std::min(w, lay.n) != 0) boundary = lay.begin[r];
-  }
-  LN_CHECK(false, op, ": on ", str(q.device()), " every segment must lie inside one rank's ",
-           "slice, but branch ", crossing, " (w = ", w, ", r = ", config.dilation_rates[crossing],
-           ") has a segment across the slice boundary at position ", boundary, " of ", lay.n,
-           "; use segment lengths that divide n / ranks = ", lay.n / lay.ranks,
-           " (with n a multiple of the ranks), or CPU tensors");
-}
-
-template <class T>
-AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& config, const Tensor& q,
-                           const Tensor& k, const Tensor& v, Communicator& comm) {
-  Tensor qc = cpu::attention_operand(q);
-  Tensor kc = cpu::attention_operand(k);
-  Tensor vc = cpu::attention_operand(v);
-  auto plans = cpu::plan_heads(config, lay.heads);
-  auto branches = static_cast<std::int64_t>(config.segment_lengths.size());
-  auto packed = gather_branches<T>(lay, plans, branches, kc, vc, comm);
-  Tensor out = empty({lay.batch, lay.local, lay.heads, lay.dv}, {qc.dtype()});
-  Tensor lse = empty({lay.batch, lay.heads, lay.local}, {qc.dtype()});
-  forward_ranks<T>(lay, plans, packed, qc, kc, vc, out, lse,
-                   static_cast<T>(cpu::attention_scale(config.scale, lay.d)), config.causal);
-  return {to(out, q.dtype()), lse};
-}
-
-template <class T>
-AttentionGrads backward_in(const Layout& lay, const DilatedAttentionConfig& config, const Tensor& q,
-                           const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                           const Tensor& dout, Communicator& comm) {
-  Tensor qc = cpu::attention_operand(q);
-  Tensor kc = cpu::attention_operand(k);
-  Tensor vc = cpu::attention_operand(v);
-  DType ct = qc.dtype();
-  auto plans = cpu::plan_heads(config, lay.heads);
-  auto branches = static_cast<std::int64_t>(config.segment_lengths.size());
-  auto packed = gather_branches<T>(lay, plans, branches, kc, vc, comm);
-  std::vector<Tensor> packed_dk;
-  std::vector<Tensor> packed_dv;
-  for (const Packed& p : packed) {
-    packed_dk.push_back(p.k.defined() ? zeros(p.k.shape(), {ct}) : Tensor());
-    packed_dv.push_back(p.v.defined() ? zeros(p.v.shape(), {ct}) : Tensor());
-  }
-  AttentionGrads grads{zeros(q.shape(), {ct}), zeros(k.shape(), {ct}), zeros(v.shape(), {ct})};
-  backward_ranks<T>(lay, plans, packed, packed_dk, packed_dv, qc, kc, vc,
-                    cpu::attention_operand(out), cpu::attention_operand(lse),
-                    cpu::attention_operand(dout), grads,
-                    static_cast<T>(cpu::attention_scale(config.scale, lay.d)), config.causal);
-  for (std::size_t b = 0; b < packed.size(); ++b) {
-    if (!packed[b].k.defined()) continue;
-    for (auto [all, grad] :
-         {std::pair{packed_dk[b], grads.dk}, std::pair{packed_dv[b], grads.dv}}) {
-      Shape mine_shape(all.shape().begin() + 1, all.shape().end());
-      Tensor mine = empty(mine_shape, {ct});
-      comm.reduce_scatter(all, mine, ReduceOp::sum);
-      unpack_add<T>(lay, packed[b], mine, grad);
-    }
-  }
-  return {to(grads.dq, q.dtype()), to(grads.dk, k.dtype()), to(grads.dv, v.dtype())};
+  return false;
 }
 
 }  // namespace
@@ -412,16 +419,9 @@ AttentionOutput sequence_parallel_attention_forward(const Tensor& q, const Tenso
                                                     const Tensor& v,
                                                     const DilatedAttentionConfig& config,
                                                     std::int64_t n, Communicator& comm) {
-  const char* op = "sequence_parallel_attention";
-  Layout lay = check_layout(q, k, v, config, n, comm, op);
-  std::int64_t crossing = first_crossing(lay, config);
-  if (crossing < 0) return dilated_attention_forward(q, k, v, config);
-  check_crossing_on_cpu(lay, config, crossing, q, op);
-  cpu::check_attention_inputs(q, k, v, op);
-  if (cpu::attention_compute_dtype(q.dtype()) == DType::f64) {
-    return forward_in<double>(lay, config, q, k, v, comm);
-  }
-  return forward_in<float>(lay, config, q, k, v, comm);
+  Layout lay = check_layout(q, k, v, config, n, comm, "sequence_parallel_attention");
+  if (!any_crossing(lay, config)) return dilated_attention_forward(q, k, v, config);
+  return forward_in(lay, config, q, k, v, comm);
 }
 
 AttentionGrads sequence_parallel_attention_backward(const Tensor& q, const Tensor& k,
@@ -431,20 +431,16 @@ AttentionGrads sequence_parallel_attention_backward(const Tensor& q, const Tenso
                                                     std::int64_t n, Communicator& comm) {
   const char* op = "sequence_parallel_attention_backward";
   Layout lay = check_layout(q, k, v, config, n, comm, op);
-  std::int64_t crossing = first_crossing(lay, config);
-  if (crossing < 0) return dilated_attention_backward(q, k, v, out, lse, dout, config);
-  check_crossing_on_cpu(lay, config, crossing, q, op);
-  cpu::check_attention_inputs(q, k, v, op);
+  if (!any_crossing(lay, config))
+    return dilated_attention_backward(q, k, v, out, lse, dout, config);
   LN_CHECK(out.shape() == Shape({lay.batch, lay.local, lay.heads, lay.dv}) &&
                dout.shape() == out.shape() &&
-               lse.shape() == Shape({lay.batch, lay.heads, lay.local}) && out.device().is_cpu() &&
-               dout.device().is_cpu() && lse.device().is_cpu(),
+               lse.shape() == Shape({lay.batch, lay.heads, lay.local}) &&
+               out.device() == q.device() && dout.device() == q.device() &&
+               lse.device() == q.device() && out.dtype() == q.dtype() && dout.dtype() == q.dtype(),
            op, ": out ", describe(out), ", dout ", describe(dout), " and lse ", describe(lse),
            " do not fit q ", describe(q), " and v ", describe(v));
-  if (cpu::attention_compute_dtype(q.dtype()) == DType::f64) {
-    return backward_in<double>(lay, config, q, k, v, out, lse, dout, comm);
-  }
-  return backward_in<float>(lay, config, q, k, v, out, lse, dout, comm);
+  return backward_in(lay, config, q, k, v, out, lse, dout, comm);
 }
 
 Variable sequence_parallel_dilated_attention(const Variable& q, const Variable& k,
@@ -476,7 +472,7 @@ class SequenceParallelKernel final : public Attention {
   std::string describe() const override {
     return cat("sequence-parallel dilated attention, ",
                c_.mode == DilatedMode::paper ? "paper" : "grouped", " mode, ", n_,
-               " positions over ", comm_->size(), " ranks (cpu kernel)");
+               " positions over ", comm_->size(), " ranks");
   }
 
  private:

@@ -3,18 +3,23 @@
 // sequence_slice(n, r, P)) and together compute exactly the dilated attention of the whole
 // sequence: each rank gets the output rows, logsumexps and gradients of its own positions.
 //
-// A branch whose segments never cross a slice boundary runs on the rank's own rows. For a
-// branch whose segments do cross one, each rank packs the K and V rows of its slice that the
-// branch selects (per head the positions t0 + j + t r: about n_local / r rows) and the ranks
-// all-gather the packed rows, so only dilated rows travel. The backward pass computes dK and
-// dV of every key row a rank's queries saw and reduce-scatters them back to their owners; it
-// gathers the packed rows again instead of keeping them. Memory per rank: the slice plus,
-// per crossing branch, every rank's packed rows (about n / r rows per head using it).
+// For each branch and each head offset j of it, the positions the branch selects form one
+// "compact" sequence, on which the branch is plain attention with rate 1 (its segments being
+// the selected rows of the branch's segments). A branch whose segments never cross a slice
+// boundary finds all its keys in the rank's own rows. For a branch whose segments do cross
+// one, each rank packs the K and V rows of its slice that the branch selects (about
+// n_local / r rows per head) and the ranks all-gather the packed rows, so only dilated rows
+// travel. The branches' outputs merge into one softmax as in dilated attention. The backward
+// pass computes dK and dV of every key row a rank's queries saw and reduce-scatters them
+// back to their owners; it gathers the packed rows again instead of keeping them. Memory per
+// rank: the slice plus, per crossing branch, every rank's packed rows (about n / r rows per
+// head using it).
 //
 // When no segment crosses a slice boundary (every slice starts at a segment start of every
 // branch), each rank's part is plain dilated attention over its own rows and nothing
-// travels; that case runs on any device dilated attention runs on. Crossing branches run on
-// the CPU so far (an error on a GPU, naming the branch and the boundary).
+// travels. Both cases run on any device dilated attention runs on: the crossing case is
+// built from tensor ops, dilated attention calls on the compact rows and the communicator's
+// collectives.
 //
 // Inputs: q, k, v of one rank's slice, (B, n_local, H, D) with v's own Dv. Every rank calls
 // with the same config, n, batch, heads and head dims, in the same order relative to its

@@ -64,6 +64,12 @@ int main(int argc, char** argv) {
     std::vector<double> seconds;
     std::int64_t tokens = 0;
     std::int64_t bytes_sent = 0;
+    auto mallocs = [&] {
+      return config.train.device.is_cuda()
+                 ? cuda::memory_stats(config.train.device.index).device_allocations
+                 : std::int64_t{0};
+    };
+    std::int64_t mallocs_before = mallocs();
     auto start = bench::Clock::now();
     for (std::int64_t i = 0; i < steps; ++i) {
       StepStats s = trainer.step();
@@ -101,6 +107,12 @@ int main(int argc, char** argv) {
       comm->all_reduce(peak, ReduceOp::max);
       result["precision"] = name(config.train.precision);
       result["peak_gpu_bytes"] = static_cast<std::int64_t>(peak.item());
+      // Rank 0's: memory taken from the driver, and cudaMalloc calls in the timed steps (a
+      // cache that no longer fits its blocks shows here as calls every step).
+      result["reserved_gpu_bytes"] = static_cast<std::int64_t>(
+          cuda::memory_stats(config.train.device.index).reserved_bytes);
+      result["cuda_mallocs_per_step"] =
+          static_cast<double>(mallocs() - mallocs_before) / static_cast<double>(steps);
     }
     if (comm->size() > 1) {
       result["ranks"] = comm->size();

@@ -28,8 +28,13 @@ ncu=${NCU:-$(command -v ncu || echo /usr/local/cuda/bin/ncu)}
 [[ -x $ncu ]] || die "no Nsight Compute (ncu) found; set NCU"
 python=${PYTHON:-python3}
 
-work=${OUT_DIR:-$(mktemp -d)}
-mkdir -p "$work"
+if [[ -n ${OUT_DIR:-} ]]; then
+  work=$OUT_DIR
+  mkdir -p "$work"
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
 cat >"$work/config.json" <<JSON
 {
   "model": {"vocab_size": 256, "d_model": 768, "n_heads": 12, "n_layers": $layers, "d_ff": 3072,

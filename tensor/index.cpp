@@ -155,7 +155,7 @@ Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index) {
   return out;
 }
 
-Tensor index_add(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src) {
+void index_add_(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src) {
   check_index(t, index, "index_add");
   check_same_dtype(t, src, "index_add");
   check_same_device(t, src, "index_add");
@@ -165,28 +165,32 @@ Tensor index_add(const Tensor& t, std::int64_t dim, const Tensor& index, const T
   expected[d] = index.numel();
   LN_CHECK(src.shape() == expected, "index_add: src ", describe(src), " should have shape ",
            str(expected), " for ", describe(t), " and ", index.numel(), " indices");
-  Tensor out = clone(t);
   Strides view_strides(static_cast<std::size_t>(t.dim()), 0);
   view_strides[d] = index.strides()[0];
   Tensor full_idx(index.storage(), expected, view_strides, index.offset(), index.dtype());
   if (t.device().is_cuda()) {
-    if (auto bad = cuda::scatter_add(out, d, full_idx, src)) {
-      out_of_range("index_add", *bad, out.shape()[d], d);
+    if (auto bad = cuda::scatter_add(t, d, full_idx, src)) {
+      out_of_range("index_add", *bad, t.shape()[d], d);
     }
-    return out;
+    return;
   }
   dispatch(t.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = compute_t<T>;
     const T* s = src.data<T>();
-    T* o = out.data<T>();
-    std::int64_t stride = out.strides()[d];
-    walk_indexed(src.strides(), out.strides(), out.shape()[d], d, full_idx, "index_add", false,
+    T* o = t.data<T>();
+    std::int64_t stride = t.strides()[d];
+    walk_indexed(src.strides(), t.strides(), t.shape()[d], d, full_idx, "index_add", false,
                  [&](std::int64_t at, std::int64_t base, std::int64_t v) {
                    T& slot = o[base + v * stride];
                    slot = static_cast<T>(static_cast<C>(slot) + static_cast<C>(s[at]));
                  });
   });
+}
+
+Tensor index_add(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src) {
+  Tensor out = clone(t);
+  index_add_(out, dim, index, src);
   return out;
 }
 

@@ -20,5 +20,7 @@ Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index);
 // A copy of t with slice i of src added at slice index[i] along dim: the inverse of
 // index_select; repeated indices accumulate.
 Tensor index_add(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src);
+// The same in place: t (any strides) takes the sums.
+void index_add_(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src);
 
 }  // namespace longnet

@@ -8,13 +8,16 @@
 #pragma once
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <vector>
 
 #include "dist/communicator.h"
+#include "dist/cuda/nccl.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
+#include "tensor/cuda/runtime.h"
 
 namespace longnet::testing {
 
@@ -22,6 +25,25 @@ inline Communicator& world() {
   static std::unique_ptr<Communicator> comm = make_communicator();
   return *comm;
 }
+
+// The NCCL communicator over the world's ranks, rank r on GPU r.
+inline Communicator& gpus() {
+  static std::unique_ptr<Communicator> comm =
+      make_nccl_communicator(make_communicator(), world().rank());
+  return *comm;
+}
+
+// NCCL takes one GPU per rank: with fewer GPUs than launched ranks (read from the
+// launcher's environment, as this runs before MPI starts) the GPU cases are skipped.
+inline bool too_few_gpus() {
+  int ranks = 1;
+  for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}) {
+    if (const char* value = std::getenv(variable)) ranks = std::atoi(value);
+  }
+  return cuda::device_count() < ranks;
+}
+
+inline Device my_gpu() { return Device::cuda(world().rank()); }
 
 // Whether ok holds on every rank.
 inline bool everywhere(bool ok) {

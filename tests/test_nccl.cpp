@@ -4,8 +4,6 @@
 // CUDA device, and where there are fewer GPUs than ranks.
 #include <doctest/doctest.h>
 
-#include <cstdlib>
-
 #include "dist/cuda/nccl.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
@@ -23,33 +21,18 @@ using testing::data_of;
 using testing::error_of;
 using testing::everywhere;
 using testing::excess;
+using testing::gpus;
+using testing::my_gpu;
 using testing::reduction;
 using testing::relative_error;
+using testing::too_few_gpus;
 using testing::world;
 using testing::worst;
-
-Communicator& gpus() {
-  static std::unique_ptr<Communicator> comm =
-      make_nccl_communicator(make_communicator(), world().rank());
-  return *comm;
-}
 
 // Rank r's part of a [ranks, ...] tensor.
 Tensor slot(const Tensor& t, std::int64_t dim, std::int64_t r) {
   return squeeze(narrow(t, dim, r, 1), dim);
 }
-
-// NCCL takes one GPU per rank: with fewer GPUs than launched ranks (read from the
-// launcher's environment, as this runs before MPI starts) the cases are skipped.
-bool too_few_gpus() {
-  int ranks = 1;
-  for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"}) {
-    if (const char* value = std::getenv(variable)) ranks = std::atoi(value);
-  }
-  return cuda::device_count() < ranks;
-}
-
-Device my_gpu() { return Device::cuda(world().rank()); }
 
 TEST_SUITE("gpu") {
   TEST_CASE("nccl all_reduce, sync and async, every dtype and op, against the CPU" *

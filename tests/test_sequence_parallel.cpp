@@ -23,7 +23,11 @@ using testing::contains;
 using testing::CountingCommunicator;
 using testing::error_of;
 using testing::everywhere;
+using testing::gpus;
+using testing::my_gpu;
 using testing::relative_error;
+using testing::tolerance_for;
+using testing::too_few_gpus;
 using testing::world;
 using testing::worst;
 
@@ -221,6 +225,58 @@ TEST_SUITE("dist") {
         error_of([&] { sequence_parallel_attention_forward(t, t, t, config, 1000, comm); });
     CHECK(everywhere(contains(error, "holds positions [")));
     CHECK(everywhere(contains(error, "so q, k and v need")));
+  }
+}
+
+TEST_SUITE("gpu") {
+  TEST_CASE("sequence-parallel attention on GPUs equals whole-sequence attention on the CPU" *
+            doctest::skip(too_few_gpus())) {
+    Communicator& comm = gpus();
+    std::vector<Case> all = cases();
+    // Head dim 64 in bf16: the tensor-core kernels.
+    all.push_back({"paper, causal, D 64 (tensor cores)",
+                   {1, 301, 4, 64, 64},
+                   {{64, 128, 512}, {1, 2, 4}, DilatedMode::paper, true}});
+    all.push_back({"grouped, not causal, D 64 (tensor cores)",
+                   {2, 203, 3, 64, 64},
+                   {{32, 256}, {1, 2}, DilatedMode::grouped, false}});
+    for (const Case& c : all) {
+      for (DType dtype : {DType::f32, DType::bf16}) {
+        CAPTURE(c.name);
+        CAPTURE(dtype);
+        Generator gen(78);
+        const Sizes& z = c.sizes;
+        // The inputs in dtype; the reference works in f64 on exactly those values.
+        auto draw = [&](std::int64_t width) {
+          return to(randn({z.batch, z.n, z.heads, width}, gen, {DType::f64}), dtype);
+        };
+        Tensor q = draw(z.d);
+        Tensor k = draw(z.d);
+        Tensor v = draw(z.dv);
+        Tensor dout = draw(z.dv);
+        auto f64 = [](const Tensor& t) { return to(t, DType::f64); };
+        AttentionOutput want = dilated_attention_forward(f64(q), f64(k), f64(v), c.config);
+        AttentionGrads want_grads = dilated_attention_backward(f64(q), f64(k), f64(v), want.out,
+                                                               want.lse, f64(dout), c.config);
+
+        SequenceSlice mine = sequence_slice(z.n, comm.rank(), comm.size());
+        auto on_gpu = [&](const Tensor& t) { return to(rows(t, 1, mine), my_gpu()); };
+        Tensor ql = on_gpu(q);
+        Tensor kl = on_gpu(k);
+        Tensor vl = on_gpu(v);
+        AttentionOutput got = sequence_parallel_attention_forward(ql, kl, vl, c.config, z.n, comm);
+        AttentionGrads grads = sequence_parallel_attention_backward(
+            ql, kl, vl, got.out, got.lse, on_gpu(dout), c.config, z.n, comm);
+
+        double tol = tolerance_for(dtype);
+        CHECK(everywhere(got.out.device() == my_gpu() && grads.dk.device() == my_gpu()));
+        CHECK(worst(relative_error(got.out, rows(want.out, 1, mine))) < tol);
+        CHECK(worst(relative_error(got.lse, rows(want.lse, 2, mine))) < tol);
+        CHECK(worst(relative_error(grads.dq, rows(want_grads.dq, 1, mine))) < tol);
+        CHECK(worst(relative_error(grads.dk, rows(want_grads.dk, 1, mine))) < tol);
+        CHECK(worst(relative_error(grads.dv, rows(want_grads.dv, 1, mine))) < tol);
+      }
+    }
   }
 }
 

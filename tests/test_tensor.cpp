@@ -186,6 +186,26 @@ TEST_SUITE("tensor") {
     for (int k = 0; k < 40; ++k) CHECK(std::isnan(buf[k]) == (k % 2 == 1));
   }
 
+  TEST_CASE("index_add_ adds into a strided view in place, repeated indices accumulating") {
+    Generator gen(4);
+    Tensor base = randn({3, 8}, gen);
+    Tensor before = clone(base);
+    Tensor view = slice(base, 1, 1, 8, 2);  // columns 1, 3, 5, 7
+    Tensor src = randn({3, 3}, gen);
+    index_add_(view, 1, from_data(std::vector<std::int64_t>{2, 0, 2}, {3}), src);
+    auto got = values(base);
+    auto was = values(before);
+    auto add = values(src);
+    for (int row = 0; row < 3; ++row) {
+      for (int col = 0; col < 8; ++col) {
+        double want = was[row * 8 + col];
+        if (col == 1) want += add[row * 3 + 1];
+        if (col == 5) want += add[row * 3] + add[row * 3 + 2];
+        CHECK(got[row * 8 + col] == doctest::Approx(want).epsilon(1e-6));
+      }
+    }
+  }
+
   TEST_CASE("casts round to nearest even and truncate toward zero") {
     float tie = 1.0f + std::ldexp(1.0f, -8);        // halfway between two bf16 values
     float above = 1.0f + 3 * std::ldexp(1.0f, -9);  // above the halfway point
