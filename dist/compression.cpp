@@ -7,9 +7,11 @@
 #include <numeric>
 #include <unordered_map>
 
+#include "dist/cuda/topk.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
 #include "tensor/elementwise.h"
+#include "tensor/index.h"
 #include "tensor/matmul.h"
 #include "tensor/random.h"
 #include "tensor/view.h"
@@ -128,12 +130,17 @@ std::vector<std::int32_t> top_k_indices(const T* acc, std::int64_t n, std::int64
   return index;
 }
 
-// Moves acc's elements at index into values (acc keeps zeros there).
+// Moves acc's top k elements into index and values (acc keeps zeros there).
 template <class T>
-void take(T* acc, const std::vector<std::int32_t>& index, T* values) {
-  for (std::size_t j = 0; j < index.size(); ++j) {
-    values[j] = acc[index[j]];
-    acc[index[j]] = 0;
+void take_top_k_cpu(const Tensor& acc, std::int64_t k, const Tensor& index, const Tensor& values) {
+  T* a = acc.data<T>();
+  std::vector<std::int32_t> chosen = top_k_indices(a, acc.numel(), k);
+  T* v = values.data<T>();
+  std::int32_t* i = index.data<std::int32_t>();
+  for (std::size_t j = 0; j < chosen.size(); ++j) {
+    i[j] = chosen[j];
+    v[j] = a[chosen[j]];
+    a[chosen[j]] = 0;
   }
 }
 
@@ -165,8 +172,15 @@ class TopKPending final : public PendingReduction {
 
   std::vector<Tensor> finish() override {
     for (auto& w : works_) w->wait();
-    Tensor sum = zeros({n_}, {values_.dtype()});
-    if (values_.dtype() == DType::f64) {
+    Tensor sum = zeros({n_}, {values_.dtype(), values_.device()});
+    if (values_.device().is_cuda()) {
+      // Rank by rank: one rank's indices are distinct, so no two additions of a launch meet.
+      for (std::int64_t r = 0; r < index_.size(0); ++r) {
+        index_add_(sum, 0, squeeze(narrow(index_, 0, r, 1), 0),
+                   squeeze(narrow(values_, 0, r, 1), 0));
+      }
+      sum = div(sum, scalar(static_cast<double>(index_.size(0)), {sum.dtype(), sum.device()}));
+    } else if (values_.dtype() == DType::f64) {
       scatter_average(index_.data<std::int32_t>(), values_.data<double>(), index_.numel(),
                       index_.size(0), sum.data<double>(), n_);
     } else {
@@ -192,11 +206,13 @@ class TopKReducer final : public GradientReducer {
                                           const std::vector<Tensor>& grads) override {
     check_bucket(ids, grads);
     DType dtype = accumulation_dtype(grads.front().dtype());
+    Device device = grads.front().device();
     std::vector<Tensor> parts;
     for (std::size_t j = 0; j < grads.size(); ++j) {
-      Tensor g = to(to(grads[j], Device::cpu()), dtype);
+      Tensor g = to(grads[j], dtype);
       auto r = residuals_.find(ids[j]);
-      parts.push_back(r == residuals_.end() ? g : add(g, reshape(r->second, g.shape())));
+      parts.push_back(r == residuals_.end() ? g
+                                            : add(g, reshape(to(r->second, device), g.shape())));
     }
     Tensor acc = joined(parts, dtype);  // becomes the residual below
     std::int64_t n = acc.numel();
@@ -204,24 +220,16 @@ class TopKReducer final : public GradientReducer {
              INT_MAX, "); use a smaller dist.bucket_mb");
     auto k = std::clamp<std::int64_t>(
         static_cast<std::int64_t>(std::ceil(ratio_ * static_cast<double>(n))), 1, n);
-    Tensor index = empty({k}, {DType::i32});
-    Tensor values = empty({k}, {dtype});
-    std::vector<std::int32_t> chosen;
-    if (dtype == DType::f64) {
-      chosen = top_k_indices(acc.data<double>(), n, k);
-      take(acc.data<double>(), chosen, values.data<double>());
-    } else {
-      chosen = top_k_indices(acc.data<float>(), n, k);
-      take(acc.data<float>(), chosen, values.data<float>());
-    }
-    std::copy(chosen.begin(), chosen.end(), index.data<std::int32_t>());
+    Tensor index = empty({k}, {DType::i32, device});
+    Tensor values = empty({k}, {dtype, device});
+    take_top_k(acc, k, index, values);
     std::vector<Shape> shapes = shapes_of(grads);
     std::vector<Tensor> residuals = pieces(acc, shapes);
     for (std::size_t j = 0; j < ids.size(); ++j) residuals_[ids[j]] = residuals[j];
 
     int ranks = comm_.size();
-    Tensor all_index = empty({ranks, k}, {DType::i32});
-    Tensor all_values = empty({ranks, k}, {dtype});
+    Tensor all_index = empty({ranks, k}, {DType::i32, device});
+    Tensor all_values = empty({ranks, k}, {dtype, device});
     std::vector<std::unique_ptr<Work>> works;
     works.push_back(comm_.all_gather_async(index, all_index));
     works.push_back(comm_.all_gather_async(values, all_values));
@@ -234,7 +242,7 @@ class TopKReducer final : public GradientReducer {
     return r == residuals_.end() ? Tensor() : r->second;
   }
   void clear_residuals() override { residuals_.clear(); }
-  // Kept flat on the CPU; start() gives it its gradient's shape.
+  // Kept flat; start() moves it to its gradient's device and gives it its shape.
   void set_residual(std::size_t id, const Tensor& value) override {
     residuals_[id] = reshape(to(to(value, Device::cpu()), accumulation_dtype(value.dtype())), {-1});
   }
@@ -242,8 +250,34 @@ class TopKReducer final : public GradientReducer {
  private:
   Communicator& comm_;
   double ratio_;
-  std::unordered_map<std::size_t, Tensor> residuals_;  // on the CPU
+  std::unordered_map<std::size_t, Tensor> residuals_;  // on the gradients' device
 };
+
+}  // namespace
+
+void take_top_k(const Tensor& acc, std::int64_t k, const Tensor& index, const Tensor& values) {
+  LN_CHECK(acc.dim() == 1 && acc.is_contiguous() &&
+               (acc.dtype() == DType::f32 || acc.dtype() == DType::f64) && acc.numel() <= INT_MAX,
+           "take_top_k: acc must be a contiguous 1-d f32 or f64 tensor of at most ", INT_MAX,
+           " elements, got ", describe(acc));
+  LN_CHECK(k >= 1 && k <= acc.numel(), "take_top_k: k = ", k, " for ", acc.numel(),
+           " elements; valid: 1 to ", acc.numel());
+  LN_CHECK(index.device() == acc.device() && index.dtype() == DType::i32 &&
+               index.shape() == Shape{k} && index.is_contiguous() &&
+               values.device() == acc.device() && values.dtype() == acc.dtype() &&
+               values.shape() == Shape{k} && values.is_contiguous(),
+           "take_top_k: index ", describe(index), " and values ", describe(values),
+           " must be contiguous [", k, "] i32 and ", name(acc.dtype()), " on ", str(acc.device()));
+  if (acc.device().is_cuda()) {
+    cuda::take_top_k(acc, k, index, values);
+  } else if (acc.dtype() == DType::f64) {
+    take_top_k_cpu<double>(acc, k, index, values);
+  } else {
+    take_top_k_cpu<float>(acc, k, index, values);
+  }
+}
+
+namespace {
 
 // ---- powersgd ----
 

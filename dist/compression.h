@@ -9,8 +9,8 @@
 //             lower index) are sent as (i32 index, value) pairs by all-gather, and every
 //             rank adds all ranks' pairs into zeros in rank order and divides by the number
 //             of ranks (so every rank gets the same bits); the residual is acc with the
-//             sent elements zeroed: sent + residual == acc exactly. Selection runs on the
-//             CPU.
+//             sent elements zeroed: sent + residual == acc exactly. Selection runs where
+//             the gradients are (take_top_k below).
 // "powersgd"  per tensor, a gradient of dim >= 2 is a matrix M (n = shape[0] rows) of
 //             rank r = min(powersgd_rank, n, m); it is compressed when
 //             n m >= powersgd_min_compression x r (n + m), else (and for vectors) it is
@@ -50,6 +50,13 @@ struct CompressionConfig {
 
 // An error naming the field unless config is valid.
 void validate(const CompressionConfig& config);
+
+// Top-k's selection: writes the indices (i32, ascending) of the k elements of acc (contiguous
+// 1-d f32 or f64, at most INT_MAX elements, 1 <= k <= numel) of largest magnitude (NaN counts
+// as the largest; ties: the lower index) to index and their values to values (both [k], on
+// acc's device), and zeros them in acc. On a GPU the same elements in the same order
+// (dist/cuda/topk.h).
+void take_top_k(const Tensor& acc, std::int64_t k, const Tensor& index, const Tensor& values);
 
 // One bucket's reduction in flight.
 class PendingReduction {

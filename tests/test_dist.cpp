@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <thread>
 
 #include "autograd/ops.h"
@@ -40,7 +41,10 @@ using testing::error_of;
 using testing::everywhere;
 using testing::excess;
 using testing::Expected;
+using testing::gpus;
+using testing::my_gpu;
 using testing::reduction;
+using testing::too_few_gpus;
 using testing::world;
 using testing::worst;
 
@@ -159,7 +163,99 @@ CorpusSplit tiny_data() {
 }
 #endif
 
+// Values with many ties in magnitude (levels 0, 0.5, 1, 2, 3 and both signs, -0 too), a
+// NaN and infinities: what top-k's tie and NaN rules are about. In dtype on device.
+Tensor tie_heavy(std::int64_t n, std::uint64_t seed, DType dtype, Device device = Device::cpu()) {
+  Generator gen(seed);
+  auto level = randint(0, 5, {n}, gen).to_vector<std::int64_t>();
+  auto sign = randint(0, 2, {n}, gen).to_vector<std::int64_t>();
+  const double levels[] = {0, 0.5, 1, 2, 3};
+  std::vector<double> x(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = (sign[i] != 0 ? -1 : 1) * levels[level[i]];
+  x[x.size() / 3] = std::nan("");
+  x[x.size() / 2] = -std::numeric_limits<double>::infinity();
+  x.back() = std::numeric_limits<double>::infinity();
+  return to(to(from_data(x, {n}), dtype), device);
+}
+
+// Top-k by the definition: indices ordered by magnitude (NaN largest), ties by index; the
+// first k, ascending.
+std::vector<std::int32_t> top_k_by_sorting(const std::vector<double>& x, std::int64_t k) {
+  auto key = [&](std::int32_t i) {
+    return std::isnan(x[i]) ? std::numeric_limits<double>::infinity() : std::abs(x[i]);
+  };
+  std::vector<std::int32_t> order(x.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::int32_t a, std::int32_t b) { return key(a) > key(b); });
+  order.resize(static_cast<std::size_t>(k));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+// Equal dtype, shape and bits (NaN equals NaN).
+bool same_bits(const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
+  Tensor x = contiguous(to(a, Device::cpu()));
+  Tensor y = contiguous(to(b, Device::cpu()));
+  return std::memcmp(x.raw_data(), y.raw_data(),
+                     static_cast<std::size_t>(x.numel()) * element_size(x.dtype())) == 0;
+}
+
 }  // namespace
+
+// Top-k on the GPU against the CPU: the same elements, values and residuals, bit for bit.
+TEST_SUITE("gpu") {
+  TEST_CASE("take_top_k on the GPU takes exactly what the CPU takes" *
+            doctest::skip(too_few_gpus())) {
+    for (DType dtype : {DType::f32, DType::f64}) {
+      // Several blocks of 4096, ties across their boundaries, k at and between ties.
+      for (std::int64_t n : {1, 300, 4096, 10000, 70001}) {
+        for (std::int64_t k : {std::int64_t{1}, n / 100 + 1, n / 3 + 1, n}) {
+          CAPTURE(dtype);
+          CAPTURE(n);
+          CAPTURE(k);
+          Tensor cpu_acc = tie_heavy(n, 1700 + n + k, dtype);
+          Tensor gpu_acc = to(cpu_acc, my_gpu());
+          Tensor cpu_index = empty({k}, {DType::i32});
+          Tensor cpu_values = empty({k}, {dtype});
+          take_top_k(cpu_acc, k, cpu_index, cpu_values);
+          Tensor gpu_index = full({k}, -7, {DType::i32, my_gpu()});
+          Tensor gpu_values = full({k}, std::nan(""), {dtype, my_gpu()});
+          take_top_k(gpu_acc, k, gpu_index, gpu_values);
+          CHECK(everywhere(same_bits(gpu_index, cpu_index)));
+          CHECK(everywhere(same_bits(gpu_values, cpu_values)));
+          CHECK(everywhere(same_bits(gpu_acc, cpu_acc)));
+        }
+      }
+    }
+  }
+
+  TEST_CASE("top-k compression of GPU gradients over NCCL equals it on the CPU" *
+            doctest::skip(too_few_gpus())) {
+    Communicator& comm = gpus();
+    auto on_gpu = make_gradient_reducer({Compression::topk, 0.05}, comm);
+    auto on_cpu = make_gradient_reducer({Compression::topk, 0.05}, world());
+    const std::vector<Shape> shapes{{50, 70}, {130}};
+    bool ok = true;
+    for (int step = 0; step < 3; ++step) {
+      std::vector<Tensor> cpu_grads;
+      std::vector<Tensor> gpu_grads;
+      for (std::size_t j = 0; j < shapes.size(); ++j) {
+        cpu_grads.push_back(data_of(comm.rank(), DType::f32, shapes[j], 300 + 10 * step + j));
+        gpu_grads.push_back(to(cpu_grads.back(), my_gpu()));
+      }
+      std::vector<Tensor> want = on_cpu->start({0, 1}, cpu_grads)->finish();
+      std::vector<Tensor> got = on_gpu->start({0, 1}, gpu_grads)->finish();
+      for (std::size_t j = 0; j < shapes.size(); ++j) {
+        ok = ok && got[j].device() == my_gpu() && same_bits(got[j], want[j]) &&
+             same_bits(on_gpu->residual(j), on_cpu->residual(j));
+      }
+      ok = ok && on_gpu->bytes_sent() == on_cpu->bytes_sent();
+    }
+    CHECK(everywhere(ok));
+  }
+}
 
 TEST_SUITE("dist") {
   TEST_CASE("every backend rejects the same invalid arguments before moving data") {
@@ -717,6 +813,36 @@ TEST_SUITE("dist") {
       ok = ok && result[0].shape() == shapes[0] && reducer->bytes_sent() == (step + 1) * k * 8;
     }
     CHECK(everywhere(ok));
+  }
+
+  TEST_CASE("take_top_k takes the largest magnitudes, NaN first, ties to the lower index") {
+    for (DType dtype : {DType::f32, DType::f64}) {
+      for (std::int64_t n : {1, 7, 50, 1000}) {
+        for (std::int64_t k : {std::int64_t{1}, (n + 2) / 3, n / 2 + 1, n}) {
+          CAPTURE(dtype);
+          CAPTURE(n);
+          CAPTURE(k);
+          Tensor acc = tie_heavy(n, 900 + n + k, dtype);
+          auto before = acc.to_vector<double>();
+          Tensor index = empty({k}, {DType::i32});
+          Tensor values = empty({k}, {dtype});
+          take_top_k(acc, k, index, values);
+          std::vector<std::int32_t> want = top_k_by_sorting(before, k);
+          CHECK(index.to_vector<std::int32_t>() == want);
+          std::vector<double> want_values;
+          std::vector<double> want_acc = before;
+          for (std::int32_t i : want) {
+            want_values.push_back(before[static_cast<std::size_t>(i)]);
+            want_acc[static_cast<std::size_t>(i)] = 0;
+          }
+          CHECK(same_bits(values, to(from_data(want_values, {k}), dtype)));
+          CHECK(same_bits(acc, to(from_data(want_acc, {n}), dtype)));
+        }
+      }
+    }
+    Tensor acc = zeros({4});
+    CHECK(contains(error_of([&] { take_top_k(acc, 5, empty({5}, {DType::i32}), empty({5})); }),
+                   "k = 5 for 4 elements"));
   }
 
   TEST_CASE("PowerSGD at full rank gives the average; at any rank gradient mass is conserved") {
