@@ -40,6 +40,19 @@ export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# The data (training and, unused, validation windows: both read the whole file) must hold
+# the longest sequence: a shorter file (the KJV's 4.4 MB against 4M tokens) is used several
+# times over.
+longest=$(printf '%s\n' "${sp_seqs[@]}" "${DP_SEQ:-131072}" | sort -n | tail -n 1)
+size=$(stat -c %s "$data")
+if ((size <= longest + 1)); then
+  repeats=$(((longest + 1) / size + 1))
+  for ((i = 0; i < repeats; ++i)); do cat "$data"; done >"$work/data.txt"
+  echo "scaling.sh: $data holds $size bytes, less than the longest sequence needs; using it" \
+    "$repeats times over" >&2
+  data=$work/data.txt
+fi
+
 # config N DIST_JSON EXTRA_TRAIN_JSON -> path of a config file
 config() {
   local file=$work/config-$RANDOM.json
@@ -50,7 +63,8 @@ config() {
             "segment_lengths": [${SEGMENTS:-2048, 4096, 8192, 16384, 32768}],
             "dilation_rates": [${RATES:-1, 2, 4, 6, 12}],
             "attention": "dilated", "mode": "grouped", "dropout": 0.0, "pos": "rope"},
-  "data": {"format": "bytes", "train_path": "$data", "seq_len": $1, "batch_size": 1},
+  "data": {"format": "bytes", "train_path": "$data", "val_path": "$data", "seq_len": $1,
+           "batch_size": 1},
   "optim": {"lr": 0.0003, "schedule": "constant", "grad_clip": 1.0},
   "train": {"steps": $((warmup + steps + 1)), "out_dir": "$work/out", "eval_every": 0,
             "ckpt_every": 0, "device": "$device", "precision": "bf16" $3},
