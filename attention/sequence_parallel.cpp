@@ -91,7 +91,7 @@ struct HeadClass {
     }
     return most;
   }
-  auto width() const { return static_cast<std::int64_t>(heads.size()); }
+  std::int64_t head_count() const { return static_cast<std::int64_t>(heads.size()); }
 };
 
 Tensor index_tensor(const std::vector<std::int64_t>& values, Device device) {
@@ -211,13 +211,14 @@ Tensor key_rows(const Layout& lay, const HeadClass& c, const Tensor& t, std::int
   if (!c.crossing) return narrow(t, 1, k0 - c.starts[lay.rank], k1 - k0);
   std::int64_t rows = c.most_rows();
   TensorOptions options{t.dtype(), t.device()};
-  Tensor send = zeros({rows, lay.batch, c.width(), t.size(3)}, options);
+  Tensor send = zeros({rows, lay.batch, c.head_count(), t.size(3)}, options);
   copy_(narrow(send, 0, 0, t.size(1)), permute(t, {1, 0, 2, 3}));
-  Tensor all = empty({lay.ranks, rows, lay.batch, c.width(), t.size(3)}, options);
+  Tensor all = empty({lay.ranks, rows, lay.batch, c.head_count(), t.size(3)}, options);
   comm.all_gather(send, all);
-  if (k0 == k1) return empty({lay.batch, 0, c.width(), t.size(3)}, options);
-  Tensor picked = index_select(reshape(all, {lay.ranks * rows, lay.batch, c.width(), t.size(3)}), 0,
-                               packed_index(c, k0, k1, t.device()));
+  if (k0 == k1) return empty({lay.batch, 0, c.head_count(), t.size(3)}, options);
+  Tensor picked =
+      index_select(reshape(all, {lay.ranks * rows, lay.batch, c.head_count(), t.size(3)}), 0,
+                   packed_index(c, k0, k1, t.device()));
   return contiguous(permute(picked, {1, 0, 2, 3}));
 }
 
@@ -229,21 +230,21 @@ void add_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, std::
   std::int64_t mine = c.count(lay.rank);
   std::int64_t x = grad.size(2);
   if (!c.crossing) {
-    if (mine > 0) index_add_(grad, 1, c.rows, reshape(g, {lay.batch, mine * c.width(), x}));
+    if (mine > 0) index_add_(grad, 1, c.rows, reshape(g, {lay.batch, mine * c.head_count(), x}));
     return;
   }
   std::int64_t rows = c.most_rows();
   TensorOptions options{g.dtype(), g.device()};
-  Tensor all = zeros({lay.ranks * rows, lay.batch, c.width(), x}, options);
+  Tensor all = zeros({lay.ranks * rows, lay.batch, c.head_count(), x}, options);
   if (k0 < k1) {
     index_add_(all, 0, packed_index(c, k0, k1, g.device()), contiguous(permute(g, {1, 0, 2, 3})));
   }
-  Tensor back = empty({rows, lay.batch, c.width(), x}, options);
-  comm.reduce_scatter(reshape(all, {lay.ranks, rows, lay.batch, c.width(), x}), back,
+  Tensor back = empty({rows, lay.batch, c.head_count(), x}, options);
+  comm.reduce_scatter(reshape(all, {lay.ranks, rows, lay.batch, c.head_count(), x}), back,
                       ReduceOp::sum);
   if (mine == 0) return;
   Tensor own = contiguous(permute(narrow(back, 0, 0, mine), {1, 0, 2, 3}));
-  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.width(), x}));
+  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.head_count(), x}));
 }
 
 // log(exp(a) + exp(b)), -inf where both are.
@@ -271,7 +272,7 @@ void merge_into(const Tensor& acc, const Tensor& acc_lse, const Tensor& out, con
 Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& t) {
   std::int64_t x = t.size(3);
   Tensor flat = reshape(contiguous(t), {lay.batch, lay.local * lay.heads, x});
-  return reshape(index_select(flat, 1, c.rows), {lay.batch, c.count(lay.rank), c.width(), x});
+  return reshape(index_select(flat, 1, c.rows), {lay.batch, c.count(lay.rank), c.head_count(), x});
 }
 
 // Rows [from, to) of dim dim of t, relative to t's first row `origin`, contiguous.
@@ -294,8 +295,8 @@ AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& conf
     Tensor qs = rows_of(lay, c, q);
     Tensor ks = key_rows(lay, c, rows_of(lay, c, k), w.k0, w.k1, comm);
     Tensor vs = key_rows(lay, c, rows_of(lay, c, v), w.k0, w.k1, comm);
-    Tensor out = zeros({lay.batch, w.qb - w.qa, c.width(), lay.dv}, options);
-    Tensor lse = full({lay.batch, c.width(), w.qb - w.qa}, -kInf, options);
+    Tensor out = zeros({lay.batch, w.qb - w.qa, c.head_count(), lay.dv}, options);
+    Tensor lse = full({lay.batch, c.head_count(), w.qb - w.qa}, -kInf, options);
     for (const Piece& p : w.pieces) {
       AttentionOutput o =
           dilated_attention_forward(part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
@@ -315,7 +316,7 @@ AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& conf
     for (std::size_t i = 0; i < classes.size(); ++i) {
       const HeadClass& c = classes[i];
       if (c.item.branch != b || c.count(lay.rank) == 0) continue;
-      std::int64_t pairs = c.count(lay.rank) * c.width();
+      std::int64_t pairs = c.count(lay.rank) * c.head_count();
       index_add_(lse, 1, c.lse_rows, reshape(parts[i].lse, {lay.batch, pairs}));
       index_add_(seen, 1, c.lse_rows, ones({1, pairs}, options));
     }
@@ -326,9 +327,10 @@ AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& conf
     const HeadClass& c = classes[i];
     std::int64_t mine = c.count(lay.rank);
     if (mine == 0) continue;
-    Tensor class_total = reshape(index_select(total, 1, c.lse_rows), {lay.batch, c.width(), mine});
+    Tensor class_total =
+        reshape(index_select(total, 1, c.lse_rows), {lay.batch, c.head_count(), mine});
     Tensor weighted = mul(mul(parts[i].out, share(parts[i].lse, class_total)), c.out_scale);
-    index_add_(out, 1, c.rows, reshape(weighted, {lay.batch, mine * c.width(), lay.dv}));
+    index_add_(out, 1, c.rows, reshape(weighted, {lay.batch, mine * c.head_count(), lay.dv}));
   }
   return {to(reshape(out, {lay.batch, lay.local, lay.heads, lay.dv}), q.dtype()),
           reshape(total, {lay.batch, lay.heads, lay.local})};
@@ -357,12 +359,12 @@ AttentionGrads backward_in(const Layout& lay, const DilatedAttentionConfig& conf
       os = to(mul(to(os, ct), 1 / c.out_scale), q.dtype());
       gs = to(mul(to(gs, ct), c.out_scale), q.dtype());
     }
-    Tensor ls = reshape(index_select(lse_flat, 1, c.lse_rows), {lay.batch, c.width(), mine});
+    Tensor ls = reshape(index_select(lse_flat, 1, c.lse_rows), {lay.batch, c.head_count(), mine});
     Tensor ks = key_rows(lay, c, rows_of(lay, c, k), w.k0, w.k1, comm);
     Tensor vs = key_rows(lay, c, rows_of(lay, c, v), w.k0, w.k1, comm);
-    Tensor dqs = zeros({lay.batch, mine, c.width(), lay.d}, options);
-    Tensor dks = zeros({lay.batch, w.k1 - w.k0, c.width(), lay.d}, options);
-    Tensor dvs = zeros({lay.batch, w.k1 - w.k0, c.width(), lay.dv}, options);
+    Tensor dqs = zeros({lay.batch, mine, c.head_count(), lay.d}, options);
+    Tensor dks = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.d}, options);
+    Tensor dvs = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.dv}, options);
     for (const Piece& p : w.pieces) {
       AttentionGrads pg = dilated_attention_backward(
           part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
@@ -372,7 +374,8 @@ AttentionGrads backward_in(const Layout& lay, const DilatedAttentionConfig& conf
       add_(narrow(dks, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dk, ct));
       add_(narrow(dvs, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dv, ct));
     }
-    if (mine > 0) index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.width(), lay.d}));
+    if (mine > 0)
+      index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.head_count(), lay.d}));
     add_key_grads(lay, c, dks, w.k0, w.k1, dk, comm);
     add_key_grads(lay, c, dvs, w.k0, w.k1, dv, comm);
   }
