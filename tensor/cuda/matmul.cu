@@ -28,7 +28,7 @@ constexpr std::size_t kWorkspaceBytes = std::size_t{32} << 20;
 
 struct Blas {
   cublasHandle_t handle = nullptr;
-  // Setting the stream and queueing the call happen together, whichever thread calls.
+  // One thread at a time queues calls on the handle.
   std::mutex mutex;
 };
 
@@ -44,6 +44,9 @@ Blas& blas(int device) {
     LN_CUBLAS_CHECK(cublasCreate(&b->handle));
     // Default math: no TF32 for f32 inputs (CUBLAS_COMPUTE_32F below also forbids it).
     LN_CUBLAS_CHECK(cublasSetMathMode(b->handle, CUBLAS_DEFAULT_MATH));
+    // The device's one stream, set once: cublasSetStream also puts cuBLAS back on its
+    // default workspace pool, so the workspace is given after it.
+    LN_CUBLAS_CHECK(cublasSetStream(b->handle, current_stream(device)));
     LN_CUBLAS_CHECK(
         cublasSetWorkspace(b->handle, allocate(kWorkspaceBytes, device), kWorkspaceBytes));
     handles[device] = std::move(b);
@@ -184,7 +187,6 @@ void matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
 
   Blas& handle = blas(device);
   std::lock_guard<std::mutex> lock(handle.mutex);
-  LN_CUBLAS_CHECK(cublasSetStream(handle.handle, current_stream(device)));
   for (std::int64_t i = 0; i < outer; ++i) {
     std::int64_t oa = 0;
     std::int64_t ob = 0;
