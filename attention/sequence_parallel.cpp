@@ -26,6 +26,9 @@ using cpu::count_selected;
 using cpu::Item;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
+// Every index here is built from the layout, in range: no check (on a GPU a check waits for
+// its kernel).
+constexpr IndexCheck kTrust = IndexCheck::trust;
 
 // The ranks' slices, the same on every rank.
 struct Layout {
@@ -67,78 +70,6 @@ struct Layout {
   }
 };
 
-// The heads that see one branch with one offset j (paper mode: the heads h with
-// h mod r = j; grouped mode: a group). For each of them the branch's selected positions,
-// in order, form one compact sequence: its segments are `per_segment` compact rows (the last
-// may be shorter), and the branch on these heads is attention with one branch of rate 1 and
-// segments of per_segment rows over the compact rows. Rank r holds compact rows
-// [starts[r], starts[r + 1]).
-struct HeadClass {
-  Item item{};
-  std::vector<std::int64_t> heads;
-  double out_scale = 1;   // the factor grouped mode puts on a branch's output
-  bool crossing = false;  // some segment holds positions of two ranks
-  std::int64_t per_segment = 0;
-  std::vector<std::int64_t> starts;
-  Tensor rows;      // this rank's (position, head) pairs, position-major: local * H + head
-  Tensor lse_rows;  // the same pairs head-major in a (H, local) layout: head * local + position
-
-  std::int64_t count(int rank) const { return starts[rank + 1] - starts[rank]; }
-  std::int64_t most_rows() const {
-    std::int64_t most = 0;
-    for (std::size_t r = 0; r + 1 < starts.size(); ++r) {
-      most = std::max(most, starts[r + 1] - starts[r]);
-    }
-    return most;
-  }
-  std::int64_t head_count() const { return static_cast<std::int64_t>(heads.size()); }
-};
-
-Tensor index_tensor(const std::vector<std::int64_t>& values, Device device) {
-  return from_data(values, {static_cast<std::int64_t>(values.size())}, device);
-}
-
-// Every (branch, offset) class with rows somewhere in the sequence, in the same order on
-// every rank.
-std::vector<HeadClass> head_classes(const Layout& lay, const DilatedAttentionConfig& config,
-                                    Device device) {
-  auto plans = cpu::plan_heads(config, lay.heads);
-  std::vector<HeadClass> classes;
-  for (std::int64_t h = 0; h < lay.heads; ++h) {
-    for (const Item& item : plans[h].items) {
-      auto same = std::find_if(classes.begin(), classes.end(), [&](const HeadClass& c) {
-        return c.item.branch == item.branch && c.item.j == item.j;
-      });
-      if (same != classes.end()) {
-        same->heads.push_back(h);
-        continue;
-      }
-      HeadClass c;
-      c.item = item;
-      c.heads = {h};
-      c.out_scale = plans[h].out_scale;
-      c.crossing = lay.crosses(item);
-      c.per_segment = count_selected(item.j, lay.width(item), item.r);
-      for (std::int64_t b : lay.begin) c.starts.push_back(lay.selected_before(item, b));
-      if (c.starts.back() > 0) classes.push_back(std::move(c));
-    }
-  }
-  for (HeadClass& c : classes) {
-    std::vector<std::int64_t> positions = lay.selected_rows(c.item);
-    std::vector<std::int64_t> rows;
-    std::vector<std::int64_t> lse_rows;
-    for (std::int64_t p : positions) {
-      for (std::int64_t h : c.heads) rows.push_back(p * lay.heads + h);
-    }
-    for (std::int64_t h : c.heads) {
-      for (std::int64_t p : positions) lse_rows.push_back(h * lay.local + p);
-    }
-    c.rows = index_tensor(rows, device);
-    c.lse_rows = index_tensor(lse_rows, device);
-  }
-  return classes;
-}
-
 // One attention call that computes part of a class on this rank: compact query rows
 // [q0, q1) against compact key rows [k0, k1), under config (one branch of rate 1).
 struct Piece {
@@ -154,8 +85,38 @@ struct Piece {
 // on under the mask (a call that starts at qa): the two merge like branches. The attention
 // kernels then never need a query offset.
 struct ClassWork {
-  std::int64_t qa, qb, k0, k1;
+  std::int64_t qa = 0, qb = 0, k0 = 0, k1 = 0;
   std::vector<Piece> pieces;
+};
+
+// The heads that see one branch with one offset j (paper mode: the heads h with
+// h mod r = j; grouped mode: a group). For each of them the branch's selected positions,
+// in order, form one compact sequence: its segments are `per_segment` compact rows (the last
+// may be shorter), and the branch on these heads is attention with one branch of rate 1 and
+// segments of per_segment rows over the compact rows. Rank r holds compact rows
+// [starts[r], starts[r + 1]).
+struct HeadClass {
+  Item item{};
+  std::vector<std::int64_t> heads;
+  double out_scale = 1;   // the factor grouped mode puts on a branch's output
+  bool crossing = false;  // some segment holds positions of two ranks
+  std::int64_t per_segment = 0;
+  std::vector<std::int64_t> starts;
+  Tensor rows;      // this rank's (position, head) pairs, position-major: local * H + head
+  Tensor lse_rows;  // the same pairs head-major in a (H, local) layout: head * local + position
+  ClassWork work;   // this rank's attention calls
+  Tensor packed;    // a crossing class: where compact rows [work.k0, work.k1) lie in the
+                    // all-gathered packed rows (see packed_index)
+
+  std::int64_t count(int rank) const { return starts[rank + 1] - starts[rank]; }
+  std::int64_t most_rows() const {
+    std::int64_t most = 0;
+    for (std::size_t r = 0; r + 1 < starts.size(); ++r) {
+      most = std::max(most, starts[r + 1] - starts[r]);
+    }
+    return most;
+  }
+  std::int64_t head_count() const { return static_cast<std::int64_t>(heads.size()); }
 };
 
 ClassWork work_of(const Layout& lay, const HeadClass& c, bool causal, double scale) {
@@ -190,6 +151,10 @@ ClassWork work_of(const Layout& lay, const HeadClass& c, bool causal, double sca
   return work;
 }
 
+Tensor index_tensor(const std::vector<std::int64_t>& values, Device device) {
+  return from_data(values, {static_cast<std::int64_t>(values.size())}, device);
+}
+
 // Where compact rows [k0, k1) of a crossing class lie in the all-gathered packed rows
 // (ranks x most_rows, each rank's rows from the start of its slot).
 Tensor packed_index(const HeadClass& c, std::int64_t k0, std::int64_t k1, Device device) {
@@ -202,12 +167,59 @@ Tensor packed_index(const HeadClass& c, std::int64_t k0, std::int64_t k1, Device
   return index_tensor(at, device);
 }
 
-// The compact key rows [k0, k1) of t, this rank's rows of the class (B, count, heads, X):
-// t itself for a class inside slices; else every rank's rows, all-gathered (only the
-// selected rows travel) and picked. A crossing class takes part in the collective even when
-// this rank has no rows of it.
-Tensor key_rows(const Layout& lay, const HeadClass& c, const Tensor& t, std::int64_t k0,
-                std::int64_t k1, Communicator& comm) {
+// Every (branch, offset) class with rows somewhere in the sequence, in the same order on
+// every rank, with this rank's index tensors and attention calls.
+std::vector<HeadClass> head_classes(const Layout& lay, const DilatedAttentionConfig& config,
+                                    Device device) {
+  double scale = cpu::attention_scale(config.scale, lay.d);
+  auto plans = cpu::plan_heads(config, lay.heads);
+  std::vector<HeadClass> classes;
+  for (std::int64_t h = 0; h < lay.heads; ++h) {
+    for (const Item& item : plans[h].items) {
+      auto same = std::find_if(classes.begin(), classes.end(), [&](const HeadClass& c) {
+        return c.item.branch == item.branch && c.item.j == item.j;
+      });
+      if (same != classes.end()) {
+        same->heads.push_back(h);
+        continue;
+      }
+      HeadClass c;
+      c.item = item;
+      c.heads = {h};
+      c.out_scale = plans[h].out_scale;
+      c.crossing = lay.crosses(item);
+      c.per_segment = count_selected(item.j, lay.width(item), item.r);
+      for (std::int64_t b : lay.begin) c.starts.push_back(lay.selected_before(item, b));
+      if (c.starts.back() > 0) classes.push_back(std::move(c));
+    }
+  }
+  for (HeadClass& c : classes) {
+    std::vector<std::int64_t> positions = lay.selected_rows(c.item);
+    std::vector<std::int64_t> rows;
+    std::vector<std::int64_t> lse_rows;
+    for (std::int64_t p : positions) {
+      for (std::int64_t h : c.heads) rows.push_back(p * lay.heads + h);
+    }
+    for (std::int64_t h : c.heads) {
+      for (std::int64_t p : positions) lse_rows.push_back(h * lay.local + p);
+    }
+    c.rows = index_tensor(rows, device);
+    c.lse_rows = index_tensor(lse_rows, device);
+    c.work = work_of(lay, c, config.causal, scale);
+    if (c.crossing && c.work.k0 < c.work.k1) {
+      c.packed = packed_index(c, c.work.k0, c.work.k1, device);
+    }
+  }
+  return classes;
+}
+
+// The compact key rows [k0, k1) = [work.k0, work.k1) of t, this rank's rows of the class
+// (B, count, heads, X): t itself for a class inside slices; else every rank's rows,
+// all-gathered (only the selected rows travel) and picked. A crossing class takes part in
+// the collective even when this rank has no rows of it.
+Tensor key_rows(const Layout& lay, const HeadClass& c, const Tensor& t, Communicator& comm) {
+  std::int64_t k0 = c.work.k0;
+  std::int64_t k1 = c.work.k1;
   if (!c.crossing) return narrow(t, 1, k0 - c.starts[lay.rank], k1 - k0);
   std::int64_t rows = c.most_rows();
   TensorOptions options{t.dtype(), t.device()};
@@ -216,35 +228,36 @@ Tensor key_rows(const Layout& lay, const HeadClass& c, const Tensor& t, std::int
   Tensor all = empty({lay.ranks, rows, lay.batch, c.head_count(), t.size(3)}, options);
   comm.all_gather(send, all);
   if (k0 == k1) return empty({lay.batch, 0, c.head_count(), t.size(3)}, options);
-  Tensor picked =
-      index_select(reshape(all, {lay.ranks * rows, lay.batch, c.head_count(), t.size(3)}), 0,
-                   packed_index(c, k0, k1, t.device()));
+  Tensor picked = index_select(
+      reshape(all, {lay.ranks * rows, lay.batch, c.head_count(), t.size(3)}), 0, c.packed, kTrust);
   return contiguous(permute(picked, {1, 0, 2, 3}));
 }
 
-// Adds g, the gradient of the class's compact key rows [k0, k1) (B, k1 - k0, heads, X), to
-// grad (B, local * H, X): rows of other ranks go back to them (a reduce-scatter of the
-// packed layout key_rows gathered).
-void add_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, std::int64_t k0,
-                   std::int64_t k1, const Tensor& grad, Communicator& comm) {
+// Adds g, the gradient of the class's compact key rows [work.k0, work.k1) (B, rows, heads,
+// X), to grad (B, local * H, X): rows of other ranks go back to them (a reduce-scatter of
+// the packed layout key_rows gathered).
+void add_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, const Tensor& grad,
+                   Communicator& comm) {
   std::int64_t mine = c.count(lay.rank);
   std::int64_t x = grad.size(2);
   if (!c.crossing) {
-    if (mine > 0) index_add_(grad, 1, c.rows, reshape(g, {lay.batch, mine * c.head_count(), x}));
+    if (mine > 0) {
+      index_add_(grad, 1, c.rows, reshape(g, {lay.batch, mine * c.head_count(), x}), kTrust);
+    }
     return;
   }
   std::int64_t rows = c.most_rows();
   TensorOptions options{g.dtype(), g.device()};
   Tensor all = zeros({lay.ranks * rows, lay.batch, c.head_count(), x}, options);
-  if (k0 < k1) {
-    index_add_(all, 0, packed_index(c, k0, k1, g.device()), contiguous(permute(g, {1, 0, 2, 3})));
+  if (c.packed.defined()) {
+    index_add_(all, 0, c.packed, contiguous(permute(g, {1, 0, 2, 3})), kTrust);
   }
   Tensor back = empty({rows, lay.batch, c.head_count(), x}, options);
   comm.reduce_scatter(reshape(all, {lay.ranks, rows, lay.batch, c.head_count(), x}), back,
                       ReduceOp::sum);
   if (mine == 0) return;
   Tensor own = contiguous(permute(narrow(back, 0, 0, mine), {1, 0, 2, 3}));
-  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.head_count(), x}));
+  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.head_count(), x}), kTrust);
 }
 
 // log(exp(a) + exp(b)), -inf where both are.
@@ -272,7 +285,8 @@ void merge_into(const Tensor& acc, const Tensor& acc_lse, const Tensor& out, con
 Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& t) {
   std::int64_t x = t.size(3);
   Tensor flat = reshape(contiguous(t), {lay.batch, lay.local * lay.heads, x});
-  return reshape(index_select(flat, 1, c.rows), {lay.batch, c.count(lay.rank), c.head_count(), x});
+  return reshape(index_select(flat, 1, c.rows, kTrust),
+                 {lay.batch, c.count(lay.rank), c.head_count(), x});
 }
 
 // Rows [from, to) of dim dim of t, relative to t's first row `origin`, contiguous.
@@ -281,20 +295,28 @@ Tensor part(const Tensor& t, std::int64_t dim, std::int64_t origin, std::int64_t
   return contiguous(narrow(t, dim, from - origin, to - from));
 }
 
-AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& config, const Tensor& q,
+// What one rank computes for one call: the layout and, when some segment crosses a slice
+// boundary, the classes (built once for a forward pass and its backward).
+struct Plan {
+  Layout lay;
+  std::vector<HeadClass> classes;
+  bool crossing = false;
+};
+
+AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& config, const Tensor& q,
                            const Tensor& k, const Tensor& v, Communicator& comm) {
+  const Layout& lay = plan.lay;
+  const std::vector<HeadClass>& classes = plan.classes;
   DType ct = cpu::attention_compute_dtype(q.dtype());
   TensorOptions options{ct, q.device()};
-  double scale = cpu::attention_scale(config.scale, lay.d);
-  auto classes = head_classes(lay, config, q.device());
   // Each class's output and log-denominators on this rank's rows: (B, count, heads, Dv),
   // (B, heads, count).
   std::vector<AttentionOutput> parts;
   for (const HeadClass& c : classes) {
-    ClassWork w = work_of(lay, c, config.causal, scale);
+    const ClassWork& w = c.work;
     Tensor qs = rows_of(lay, c, q);
-    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), w.k0, w.k1, comm);
-    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), w.k0, w.k1, comm);
+    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), comm);
+    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), comm);
     Tensor out = zeros({lay.batch, w.qb - w.qa, c.head_count(), lay.dv}, options);
     Tensor lse = full({lay.batch, c.head_count(), w.qb - w.qa}, -kInf, options);
     for (const Piece& p : w.pieces) {
@@ -317,8 +339,8 @@ AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& conf
       const HeadClass& c = classes[i];
       if (c.item.branch != b || c.count(lay.rank) == 0) continue;
       std::int64_t pairs = c.count(lay.rank) * c.head_count();
-      index_add_(lse, 1, c.lse_rows, reshape(parts[i].lse, {lay.batch, pairs}));
-      index_add_(seen, 1, c.lse_rows, ones({1, pairs}, options));
+      index_add_(lse, 1, c.lse_rows, reshape(parts[i].lse, {lay.batch, pairs}), kTrust);
+      index_add_(seen, 1, c.lse_rows, ones({1, pairs}, options), kTrust);
     }
     total = log_add_exp(total, where(seen, lse, scalar(-kInf, options)));
   }
@@ -328,27 +350,27 @@ AttentionOutput forward_in(const Layout& lay, const DilatedAttentionConfig& conf
     std::int64_t mine = c.count(lay.rank);
     if (mine == 0) continue;
     Tensor class_total =
-        reshape(index_select(total, 1, c.lse_rows), {lay.batch, c.head_count(), mine});
+        reshape(index_select(total, 1, c.lse_rows, kTrust), {lay.batch, c.head_count(), mine});
     Tensor weighted = mul(mul(parts[i].out, share(parts[i].lse, class_total)), c.out_scale);
-    index_add_(out, 1, c.rows, reshape(weighted, {lay.batch, mine * c.head_count(), lay.dv}));
+    index_add_(out, 1, c.rows, reshape(weighted, {lay.batch, mine * c.head_count(), lay.dv}),
+               kTrust);
   }
   return {to(reshape(out, {lay.batch, lay.local, lay.heads, lay.dv}), q.dtype()),
           reshape(total, {lay.batch, lay.heads, lay.local})};
 }
 
-AttentionGrads backward_in(const Layout& lay, const DilatedAttentionConfig& config, const Tensor& q,
-                           const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                           const Tensor& dout, Communicator& comm) {
+AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, const Tensor& v,
+                           const Tensor& out, const Tensor& lse, const Tensor& dout,
+                           Communicator& comm) {
+  const Layout& lay = plan.lay;
   DType ct = cpu::attention_compute_dtype(q.dtype());
   TensorOptions options{ct, q.device()};
-  double scale = cpu::attention_scale(config.scale, lay.d);
-  auto classes = head_classes(lay, config, q.device());
   Tensor lse_flat = reshape(to(contiguous(lse), ct), {lay.batch, lay.heads * lay.local});
   Tensor dq = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
   Tensor dk = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
   Tensor dv = zeros({lay.batch, lay.local * lay.heads, lay.dv}, options);
-  for (const HeadClass& c : classes) {
-    ClassWork w = work_of(lay, c, config.causal, scale);
+  for (const HeadClass& c : plan.classes) {
+    const ClassWork& w = c.work;
     std::int64_t mine = w.qb - w.qa;
     Tensor qs = rows_of(lay, c, q);
     // The branch's own softmax output and its gradient: out = out_scale softmax (grouped
@@ -359,9 +381,10 @@ AttentionGrads backward_in(const Layout& lay, const DilatedAttentionConfig& conf
       os = to(mul(to(os, ct), 1 / c.out_scale), q.dtype());
       gs = to(mul(to(gs, ct), c.out_scale), q.dtype());
     }
-    Tensor ls = reshape(index_select(lse_flat, 1, c.lse_rows), {lay.batch, c.head_count(), mine});
-    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), w.k0, w.k1, comm);
-    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), w.k0, w.k1, comm);
+    Tensor ls =
+        reshape(index_select(lse_flat, 1, c.lse_rows, kTrust), {lay.batch, c.head_count(), mine});
+    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), comm);
+    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), comm);
     Tensor dqs = zeros({lay.batch, mine, c.head_count(), lay.d}, options);
     Tensor dks = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.d}, options);
     Tensor dvs = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.dv}, options);
@@ -374,10 +397,11 @@ AttentionGrads backward_in(const Layout& lay, const DilatedAttentionConfig& conf
       add_(narrow(dks, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dk, ct));
       add_(narrow(dvs, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dv, ct));
     }
-    if (mine > 0)
-      index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.head_count(), lay.d}));
-    add_key_grads(lay, c, dks, w.k0, w.k1, dk, comm);
-    add_key_grads(lay, c, dvs, w.k0, w.k1, dv, comm);
+    if (mine > 0) {
+      index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.head_count(), lay.d}), kTrust);
+    }
+    add_key_grads(lay, c, dks, dk, comm);
+    add_key_grads(lay, c, dvs, dv, comm);
   }
   auto shaped = [&](const Tensor& t, const Tensor& like) {
     return to(reshape(t, {lay.batch, lay.local, lay.heads, t.size(2)}), like.dtype());
@@ -416,15 +440,44 @@ bool any_crossing(const Layout& lay, const DilatedAttentionConfig& config) {
   return false;
 }
 
+Plan plan_for(const Tensor& q, const Tensor& k, const Tensor& v,
+              const DilatedAttentionConfig& config, std::int64_t n, Communicator& comm,
+              const char* op) {
+  Plan plan{check_layout(q, k, v, config, n, comm, op), {}, false};
+  plan.crossing = any_crossing(plan.lay, config);
+  if (plan.crossing) plan.classes = head_classes(plan.lay, config, q.device());
+  return plan;
+}
+
+AttentionOutput forward_with(const Plan& plan, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const DilatedAttentionConfig& config, Communicator& comm) {
+  if (!plan.crossing) return dilated_attention_forward(q, k, v, config);
+  return forward_in(plan, config, q, k, v, comm);
+}
+
+AttentionGrads backward_with(const Plan& plan, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor& out, const Tensor& lse, const Tensor& dout,
+                             const DilatedAttentionConfig& config, Communicator& comm) {
+  if (!plan.crossing) return dilated_attention_backward(q, k, v, out, lse, dout, config);
+  const Layout& lay = plan.lay;
+  LN_CHECK(out.shape() == Shape({lay.batch, lay.local, lay.heads, lay.dv}) &&
+               dout.shape() == out.shape() &&
+               lse.shape() == Shape({lay.batch, lay.heads, lay.local}) &&
+               out.device() == q.device() && dout.device() == q.device() &&
+               lse.device() == q.device() && out.dtype() == q.dtype() && dout.dtype() == q.dtype(),
+           "sequence_parallel_attention_backward: out ", describe(out), ", dout ", describe(dout),
+           " and lse ", describe(lse), " do not fit q ", describe(q), " and v ", describe(v));
+  return backward_in(plan, q, k, v, out, lse, dout, comm);
+}
+
 }  // namespace
 
 AttentionOutput sequence_parallel_attention_forward(const Tensor& q, const Tensor& k,
                                                     const Tensor& v,
                                                     const DilatedAttentionConfig& config,
                                                     std::int64_t n, Communicator& comm) {
-  Layout lay = check_layout(q, k, v, config, n, comm, "sequence_parallel_attention");
-  if (!any_crossing(lay, config)) return dilated_attention_forward(q, k, v, config);
-  return forward_in(lay, config, q, k, v, comm);
+  Plan plan = plan_for(q, k, v, config, n, comm, "sequence_parallel_attention");
+  return forward_with(plan, q, k, v, config, comm);
 }
 
 AttentionGrads sequence_parallel_attention_backward(const Tensor& q, const Tensor& k,
@@ -432,20 +485,12 @@ AttentionGrads sequence_parallel_attention_backward(const Tensor& q, const Tenso
                                                     const Tensor& lse, const Tensor& dout,
                                                     const DilatedAttentionConfig& config,
                                                     std::int64_t n, Communicator& comm) {
-  const char* op = "sequence_parallel_attention_backward";
-  Layout lay = check_layout(q, k, v, config, n, comm, op);
-  if (!any_crossing(lay, config))
-    return dilated_attention_backward(q, k, v, out, lse, dout, config);
-  LN_CHECK(out.shape() == Shape({lay.batch, lay.local, lay.heads, lay.dv}) &&
-               dout.shape() == out.shape() &&
-               lse.shape() == Shape({lay.batch, lay.heads, lay.local}) &&
-               out.device() == q.device() && dout.device() == q.device() &&
-               lse.device() == q.device() && out.dtype() == q.dtype() && dout.dtype() == q.dtype(),
-           op, ": out ", describe(out), ", dout ", describe(dout), " and lse ", describe(lse),
-           " do not fit q ", describe(q), " and v ", describe(v));
-  return backward_in(lay, config, q, k, v, out, lse, dout, comm);
+  Plan plan = plan_for(q, k, v, config, n, comm, "sequence_parallel_attention_backward");
+  return backward_with(plan, q, k, v, out, lse, dout, config, comm);
 }
 
+// The plan (with its index tensors) is made once for the forward pass and kept for the
+// backward pass.
 Variable sequence_parallel_dilated_attention(const Variable& q, const Variable& k,
                                              const Variable& v,
                                              const DilatedAttentionConfig& config, std::int64_t n,
@@ -453,12 +498,14 @@ Variable sequence_parallel_dilated_attention(const Variable& q, const Variable& 
   const Tensor& qd = q.data();
   const Tensor& kd = k.data();
   const Tensor& vd = v.data();
-  AttentionOutput r = sequence_parallel_attention_forward(qd, kd, vd, config, n, comm);
+  auto plan = std::make_shared<const Plan>(
+      plan_for(qd, kd, vd, config, n, comm, "sequence_parallel_dilated_attention"));
+  AttentionOutput r = forward_with(*plan, qd, kd, vd, config, comm);
   Tensor out = r.out;
   Tensor lse = r.lse;
   Communicator* c = &comm;
   return make_result(out, {q, k, v}, "sequence_parallel_dilated_attention", [=](const Tensor& g) {
-    AttentionGrads d = sequence_parallel_attention_backward(qd, kd, vd, out, lse, g, config, n, *c);
+    AttentionGrads d = backward_with(*plan, qd, kd, vd, out, lse, g, config, *c);
     return std::vector<Tensor>{d.dq, d.dk, d.dv};
   });
 }

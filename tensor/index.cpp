@@ -126,7 +126,7 @@ Tensor scatter_add(const Tensor& t, std::int64_t dim, const Tensor& index, const
   return out;
 }
 
-Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index) {
+Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index, IndexCheck check) {
   check_index(t, index, "index_select");
   LN_CHECK(index.dim() == 1, "index_select: index must be 1-d, got ", describe(index));
   auto d = wrap_dim(dim, t.dim(), "index_select");
@@ -138,7 +138,7 @@ Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index) {
   view_strides[d] = index.strides()[0];
   Tensor full_idx(index.storage(), shape, view_strides, index.offset(), index.dtype());
   if (t.device().is_cuda()) {
-    if (auto bad = cuda::gather(t, d, full_idx, out)) {
+    if (auto bad = cuda::gather(t, d, full_idx, out, check == IndexCheck::check)) {
       out_of_range("index_select", *bad, t.shape()[d], d);
     }
     return out;
@@ -155,7 +155,8 @@ Tensor index_select(const Tensor& t, std::int64_t dim, const Tensor& index) {
   return out;
 }
 
-void index_add_(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src) {
+void index_add_(const Tensor& t, std::int64_t dim, const Tensor& index, const Tensor& src,
+                IndexCheck check) {
   check_index(t, index, "index_add");
   check_same_dtype(t, src, "index_add");
   check_same_device(t, src, "index_add");
@@ -169,7 +170,7 @@ void index_add_(const Tensor& t, std::int64_t dim, const Tensor& index, const Te
   view_strides[d] = index.strides()[0];
   Tensor full_idx(index.storage(), expected, view_strides, index.offset(), index.dtype());
   if (t.device().is_cuda()) {
-    if (auto bad = cuda::scatter_add(t, d, full_idx, src)) {
+    if (auto bad = cuda::scatter_add(t, d, full_idx, src, check == IndexCheck::check)) {
       out_of_range("index_add", *bad, t.shape()[d], d);
     }
     return;

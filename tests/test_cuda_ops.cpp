@@ -524,6 +524,27 @@ TEST_SUITE("gpu") {
     run_family({"index_select ", "index_add "});
   }
 
+  TEST_CASE("index_select and index_add_ with trusted indices give the checked results") {
+    Generator gen(31);
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      CAPTURE(dtype);
+      Tensor t = to(randn({3, 50, 4}, gen, {dtype}), kGpu);
+      Tensor index = to(randint(0, 50, {70}, gen), kGpu);  // repeats too
+      Tensor src = to(randn({3, 70, 4}, gen, {dtype}), kGpu);
+      Tensor checked = index_select(t, 1, index);
+      Tensor trusted = index_select(t, 1, index, IndexCheck::trust);
+      CHECK(relative_error(trusted, checked) == 0);
+      Tensor sum_checked = clone(t);
+      index_add_(sum_checked, 1, index, src);
+      Tensor sum_trusted = clone(t);
+      index_add_(sum_trusted, 1, index, src, IndexCheck::trust);
+      // Repeated indices add by atomics: the order (and the last bits of f32) may differ.
+      CHECK(relative_error(sum_trusted, sum_checked) <= tolerance_for(dtype));
+      CHECK(relative_error(sum_checked, index_add(to(t, Device::cpu()), 1, to(index, Device::cpu()),
+                                                  to(src, Device::cpu()))) <= tolerance_for(dtype));
+    }
+  }
+
   TEST_CASE("an index out of range on the GPU is the CPU's error") {
     Tensor t = from_data<float>({1, 2, 3, 4, 5, 6}, {2, 3});
     Tensor bad = from_data<std::int64_t>({0, 3}, {2});

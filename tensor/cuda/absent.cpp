@@ -57,10 +57,12 @@ void softmax_backward(const Tensor&, const Tensor&, std::int64_t, bool, const Te
   no_cuda();
 }
 void matmul(const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
-std::optional<std::int64_t> gather(const Tensor&, std::int64_t, const Tensor&, const Tensor&) {
+std::optional<std::int64_t> gather(const Tensor&, std::int64_t, const Tensor&, const Tensor&,
+                                   bool) {
   no_cuda();
 }
-std::optional<std::int64_t> scatter_add(const Tensor&, std::int64_t, const Tensor&, const Tensor&) {
+std::optional<std::int64_t> scatter_add(const Tensor&, std::int64_t, const Tensor&, const Tensor&,
+                                        bool) {
   no_cuda();
 }
 // nn/cuda

@@ -21,9 +21,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Records v as the offending index unless one is recorded already.
+// Records v as the offending index unless one is recorded already (or nobody checks: no
+// flag).
 __device__ void report(unsigned long long* flag, std::int64_t v) {
-  if (atomicCAS(flag, 0ULL, 1ULL) == 0ULL) flag[1] = static_cast<unsigned long long>(v);
+  if (flag != nullptr && atomicCAS(flag, 0ULL, 1ULL) == 0ULL) {
+    flag[1] = static_cast<unsigned long long>(v);
+  }
 }
 
 template <class T>
@@ -73,11 +76,11 @@ __global__ void scatter_add_kernel(const T* src, const I* index, Acc* out, Strid
 }
 
 // Runs launch(layout, n, size, stride, flag) over index's shape, with dense's strides and
-// indexed's (dim's zeroed), and returns the offending index value, if any.
+// indexed's (dim's zeroed), and with check returns the offending index value, if any.
 template <class Launch>
 std::optional<std::int64_t> run_indexed(const Tensor& dense, const Tensor& indexed,
                                         std::int64_t dim, const Tensor& index, const char* op,
-                                        Launch launch) {
+                                        bool check, Launch launch) {
   std::int64_t n = index.numel();
   if (n == 0) return std::nullopt;
   Device device = indexed.device();
@@ -86,11 +89,12 @@ std::optional<std::int64_t> run_indexed(const Tensor& dense, const Tensor& index
   indexed_strides[dim] = 0;
   auto layout =
       make_indexer<3>(index.shape(), {dense.strides(), indexed_strides, index.strides()}, op);
-  Tensor flag = zeros({2}, {DType::i64, device});
+  Tensor flag = check ? zeros({2}, {DType::i64, device}) : Tensor();
   launch(layout, n, indexed.shape()[dim], indexed.strides()[dim],
-         reinterpret_cast<unsigned long long*>(flag.data<std::int64_t>()),
+         check ? reinterpret_cast<unsigned long long*>(flag.data<std::int64_t>()) : nullptr,
          current_stream(device.index));
   LN_CUDA_CHECK(cudaGetLastError());
+  if (!check) return std::nullopt;
   // Reading the flag back waits for the kernel.
   auto found = flag.to_vector<std::int64_t>();
   if (found[0] != 0) return found[1];
@@ -112,12 +116,12 @@ void dispatch_with_index(DType dtype, DType index_dtype, F f) {
 }  // namespace
 
 std::optional<std::int64_t> gather(const Tensor& t, std::int64_t dim, const Tensor& index,
-                                   const Tensor& out) {
+                                   const Tensor& out, bool check) {
   std::optional<std::int64_t> bad;
   dispatch_with_index(t.dtype(), index.dtype(), [&](auto tag, auto itag) {
     using T = typename decltype(tag)::type;
     using I = typename decltype(itag)::type;
-    bad = run_indexed(out, t, dim, index, "gather",
+    bad = run_indexed(out, t, dim, index, "gather", check,
                       [&](const StridedIndexer<3>& layout, std::int64_t n, std::int64_t size,
                           std::int64_t stride, unsigned long long* flag, cudaStream_t stream) {
                         gather_kernel<T, I><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
@@ -129,7 +133,7 @@ std::optional<std::int64_t> gather(const Tensor& t, std::int64_t dim, const Tens
 }
 
 std::optional<std::int64_t> scatter_add(const Tensor& out, std::int64_t dim, const Tensor& index,
-                                        const Tensor& src) {
+                                        const Tensor& src, bool check) {
   // bf16 accumulates in f32 and rounds once at the end: bf16 atomics would round after
   // every addition, and a slot that many indices hit would drift.
   Tensor acc = out.dtype() == DType::bf16 ? to(out, DType::f32) : out;
@@ -139,7 +143,7 @@ std::optional<std::int64_t> scatter_add(const Tensor& out, std::int64_t dim, con
     using Acc = std::conditional_t<std::is_same_v<T, bf16>, float, T>;
     using I = typename decltype(itag)::type;
     bad = run_indexed(
-        src, acc, dim, index, "scatter_add",
+        src, acc, dim, index, "scatter_add", check,
         [&](const StridedIndexer<3>& layout, std::int64_t n, std::int64_t size, std::int64_t stride,
             unsigned long long* flag, cudaStream_t stream) {
           scatter_add_kernel<T, Acc, I><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
