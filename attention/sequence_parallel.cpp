@@ -281,12 +281,16 @@ void merge_into(const Tensor& acc, const Tensor& acc_lse, const Tensor& out, con
   copy_(acc_lse, total);
 }
 
-// This rank's rows of a class from t (B, local, H, X): (B, count, heads, X).
-Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& t) {
-  std::int64_t x = t.size(3);
-  Tensor flat = reshape(contiguous(t), {lay.batch, lay.local * lay.heads, x});
+// t (B, local, H, X) as (B, local * H, X), the layout rows_of picks from (one copy at most,
+// made once for all classes).
+Tensor flat_rows(const Layout& lay, const Tensor& t) {
+  return reshape(contiguous(t), {lay.batch, lay.local * lay.heads, t.size(3)});
+}
+
+// This rank's rows of a class from flat (flat_rows): (B, count, heads, X).
+Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& flat) {
   return reshape(index_select(flat, 1, c.rows, kTrust),
-                 {lay.batch, c.count(lay.rank), c.head_count(), x});
+                 {lay.batch, c.count(lay.rank), c.head_count(), flat.size(2)});
 }
 
 // Rows [from, to) of dim dim of t, relative to t's first row `origin`, contiguous.
@@ -309,14 +313,17 @@ AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& confi
   const std::vector<HeadClass>& classes = plan.classes;
   DType ct = cpu::attention_compute_dtype(q.dtype());
   TensorOptions options{ct, q.device()};
+  Tensor qf = flat_rows(lay, q);
+  Tensor kf = flat_rows(lay, k);
+  Tensor vf = flat_rows(lay, v);
   // Each class's output and log-denominators on this rank's rows: (B, count, heads, Dv),
   // (B, heads, count).
   std::vector<AttentionOutput> parts;
   for (const HeadClass& c : classes) {
     const ClassWork& w = c.work;
-    Tensor qs = rows_of(lay, c, q);
-    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), comm);
-    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), comm);
+    Tensor qs = rows_of(lay, c, qf);
+    Tensor ks = key_rows(lay, c, rows_of(lay, c, kf), comm);
+    Tensor vs = key_rows(lay, c, rows_of(lay, c, vf), comm);
     Tensor out = zeros({lay.batch, w.qb - w.qa, c.head_count(), lay.dv}, options);
     Tensor lse = full({lay.batch, c.head_count(), w.qb - w.qa}, -kInf, options);
     for (const Piece& p : w.pieces) {
@@ -366,25 +373,30 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
   DType ct = cpu::attention_compute_dtype(q.dtype());
   TensorOptions options{ct, q.device()};
   Tensor lse_flat = reshape(to(contiguous(lse), ct), {lay.batch, lay.heads * lay.local});
+  Tensor qf = flat_rows(lay, q);
+  Tensor kf = flat_rows(lay, k);
+  Tensor vf = flat_rows(lay, v);
+  Tensor of = flat_rows(lay, out);
+  Tensor gf = flat_rows(lay, dout);
   Tensor dq = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
   Tensor dk = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
   Tensor dv = zeros({lay.batch, lay.local * lay.heads, lay.dv}, options);
   for (const HeadClass& c : plan.classes) {
     const ClassWork& w = c.work;
     std::int64_t mine = w.qb - w.qa;
-    Tensor qs = rows_of(lay, c, q);
+    Tensor qs = rows_of(lay, c, qf);
     // The branch's own softmax output and its gradient: out = out_scale softmax (grouped
     // mode), so the rows of out are divided by it and those of dout multiplied.
-    Tensor os = rows_of(lay, c, out);
-    Tensor gs = rows_of(lay, c, dout);
+    Tensor os = rows_of(lay, c, of);
+    Tensor gs = rows_of(lay, c, gf);
     if (c.out_scale != 1) {
       os = to(mul(to(os, ct), 1 / c.out_scale), q.dtype());
       gs = to(mul(to(gs, ct), c.out_scale), q.dtype());
     }
     Tensor ls =
         reshape(index_select(lse_flat, 1, c.lse_rows, kTrust), {lay.batch, c.head_count(), mine});
-    Tensor ks = key_rows(lay, c, rows_of(lay, c, k), comm);
-    Tensor vs = key_rows(lay, c, rows_of(lay, c, v), comm);
+    Tensor ks = key_rows(lay, c, rows_of(lay, c, kf), comm);
+    Tensor vs = key_rows(lay, c, rows_of(lay, c, vf), comm);
     Tensor dqs = zeros({lay.batch, mine, c.head_count(), lay.d}, options);
     Tensor dks = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.d}, options);
     Tensor dvs = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.dv}, options);
