@@ -144,18 +144,6 @@ void take_top_k_cpu(const Tensor& acc, std::int64_t k, const Tensor& index, cons
   }
 }
 
-// sum = (every rank's pairs added into zeros, rank by rank) / ranks.
-template <class T>
-void scatter_average(const std::int32_t* index, const T* values, std::int64_t pairs,
-                     std::int64_t ranks, T* sum, std::int64_t n) {
-  for (std::int64_t j = 0; j < pairs; ++j) {
-    LN_CHECK(index[j] >= 0 && index[j] < n, "topk: a rank sent index ", index[j],
-             " for a bucket of ", n, " elements; every rank must start the same buckets");
-    sum[index[j]] += values[j];
-  }
-  for (std::int64_t i = 0; i < n; ++i) sum[i] /= static_cast<T>(ranks);
-}
-
 class TopKPending final : public PendingReduction {
  public:
   TopKPending(Tensor index, Tensor values, std::vector<std::unique_ptr<Work>> works,
@@ -172,21 +160,20 @@ class TopKPending final : public PendingReduction {
 
   std::vector<Tensor> finish() override {
     for (auto& w : works_) w->wait();
+    // sum = (every rank's pairs added into zeros, rank by rank) / ranks. One rank's indices
+    // are distinct, so on a GPU no two additions of a launch meet: every rank gets the same
+    // bits, on either device.
     Tensor sum = zeros({n_}, {values_.dtype(), values_.device()});
-    if (values_.device().is_cuda()) {
-      // Rank by rank: one rank's indices are distinct, so no two additions of a launch meet.
-      for (std::int64_t r = 0; r < index_.size(0); ++r) {
+    for (std::int64_t r = 0; r < index_.size(0); ++r) {
+      try {
         index_add_(sum, 0, squeeze(narrow(index_, 0, r, 1), 0),
                    squeeze(narrow(values_, 0, r, 1), 0));
+      } catch (const Error& e) {
+        throw Error(cat("topk: rank ", r, " sent an index outside the bucket of ", n_,
+                        " elements (", e.what(), "); every rank must start the same buckets"));
       }
-      sum = div(sum, scalar(static_cast<double>(index_.size(0)), {sum.dtype(), sum.device()}));
-    } else if (values_.dtype() == DType::f64) {
-      scatter_average(index_.data<std::int32_t>(), values_.data<double>(), index_.numel(),
-                      index_.size(0), sum.data<double>(), n_);
-    } else {
-      scatter_average(index_.data<std::int32_t>(), values_.data<float>(), index_.numel(),
-                      index_.size(0), sum.data<float>(), n_);
     }
+    sum = div(sum, scalar(static_cast<double>(index_.size(0)), {sum.dtype(), sum.device()}));
     return pieces(sum, shapes_);
   }
 
