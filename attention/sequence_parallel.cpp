@@ -155,12 +155,12 @@ Tensor index_tensor(const std::vector<std::int64_t>& values, Device device) {
   return from_data(values, {static_cast<std::int64_t>(values.size())}, device);
 }
 
-// Where compact rows [k0, k1) of a crossing class lie in the all-gathered packed rows
-// (ranks x most_rows, each rank's rows from the start of its slot).
-Tensor packed_index(const HeadClass& c, std::int64_t k0, std::int64_t k1, Device device) {
+// Where the compact key rows [work.k0, work.k1) of a crossing class lie in the
+// all-gathered packed rows (ranks x most_rows, each rank's rows from the start of its slot).
+Tensor packed_index(const HeadClass& c, Device device) {
   std::int64_t rows = c.most_rows();
   std::vector<std::int64_t> at;
-  for (std::int64_t i = k0; i < k1; ++i) {
+  for (std::int64_t i = c.work.k0; i < c.work.k1; ++i) {
     auto r = std::upper_bound(c.starts.begin(), c.starts.end(), i) - c.starts.begin() - 1;
     at.push_back(r * rows + i - c.starts[r]);
   }
@@ -207,7 +207,7 @@ std::vector<HeadClass> head_classes(const Layout& lay, const DilatedAttentionCon
     c.lse_rows = index_tensor(lse_rows, device);
     c.work = work_of(lay, c, config.causal, scale);
     if (c.crossing && c.work.k0 < c.work.k1) {
-      c.packed = packed_index(c, c.work.k0, c.work.k1, device);
+      c.packed = packed_index(c, device);
     }
   }
   return classes;

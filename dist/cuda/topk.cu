@@ -180,33 +180,35 @@ void take_top_k_as(const Tensor& acc, std::int64_t k, const Tensor& index, const
     mask |= static_cast<Key>(0xff) << shift;
   }
   // Every key above prefix is taken, and the first `remaining` keys equal to it.
+  // Per block: keys above prefix (row 0) and equal to it (row 1), read back in one copy.
   const std::int64_t blocks = (n + kChunk - 1) / kChunk;
-  Tensor above = empty({blocks}, {DType::i64, device});
-  Tensor equal = empty({blocks}, {DType::i64, device});
+  Tensor counts = empty({2, blocks}, {DType::i64, device});
+  auto* count_data = static_cast<long long*>(counts.raw_data());
   count_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      data, n, prefix, static_cast<long long*>(above.raw_data()),
-      static_cast<long long*>(equal.raw_data()));
+      data, n, prefix, count_data, count_data + blocks);
   LN_CUDA_CHECK(cudaGetLastError());
-  std::vector<std::int64_t> above_host = to(above, Device::cpu()).to_vector<std::int64_t>();
-  std::vector<std::int64_t> equal_host = to(equal, Device::cpu()).to_vector<std::int64_t>();
-  std::vector<std::int64_t> offset(static_cast<std::size_t>(blocks));
-  std::vector<std::int64_t> budget(static_cast<std::size_t>(blocks));
+  std::vector<std::int64_t> host = to(counts, Device::cpu()).to_vector<std::int64_t>();
+  const std::int64_t* above = host.data();
+  const std::int64_t* equal = above + blocks;
+  // Per block: its first output slot (row 0) and how many equal keys it takes (row 1),
+  // uploaded in one copy.
+  std::vector<std::int64_t> plan(static_cast<std::size_t>(2 * blocks));
+  std::int64_t* offset = plan.data();
+  std::int64_t* budget = offset + blocks;
   std::int64_t taken = 0;
   std::int64_t equal_left = remaining;
-  for (std::size_t b = 0; b < offset.size(); ++b) {
-    budget[b] = std::min(equal_host[b], equal_left);
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    budget[b] = std::min(equal[b], equal_left);
     equal_left -= budget[b];
     offset[b] = taken;
-    taken += above_host[b] + budget[b];
+    taken += above[b] + budget[b];
   }
   LN_CHECK(taken == k && equal_left == 0, "take_top_k: selected ", taken, " of ", k, " elements (",
            equal_left, " ties left); the data changed during the selection");
-  Tensor offset_dev = from_data(offset, {blocks}, device);
-  Tensor budget_dev = from_data(budget, {blocks}, device);
+  Tensor plan_dev = from_data(plan, {2, blocks}, device);
+  const auto* plan_data = static_cast<const long long*>(plan_dev.raw_data());
   write_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      data, n, prefix, static_cast<const long long*>(offset_dev.raw_data()),
-      static_cast<const long long*>(budget_dev.raw_data()), index.data<std::int32_t>(),
-      values.data<T>());
+      data, n, prefix, plan_data, plan_data + blocks, index.data<std::int32_t>(), values.data<T>());
   LN_CUDA_CHECK(cudaGetLastError());
 }
 
