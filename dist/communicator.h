@@ -20,7 +20,8 @@
 // - Outputs are written in place; a tensor argument is a handle, so views may be passed.
 // - Calls block until this rank's part is done. A rank that never arrives leaves the
 //   others waiting until the communicator's timeout (set_timeout; none by default), when
-//   their calls throw.
+//   their calls throw. NCCL's operations run in stream order with no host wait to throw
+//   from: one that runs past the timeout makes its watchdog end the process (dist/watchdog.h).
 // - The *_async calls start a collective and return a Work to wait on later. They check
 //   and agree on their arguments when they start, exactly as the blocking calls do (the
 //   MPI backend gathers every rank's arguments there: a small blocking all-gather, so every

@@ -27,9 +27,13 @@ inline Communicator& world() {
 }
 
 // The NCCL communicator over the world's ranks, rank r on GPU r.
+// Its timeout is set, as a training run sets it, so the cases run with the watchdog on.
 inline Communicator& gpus() {
-  static std::unique_ptr<Communicator> comm =
-      make_nccl_communicator(make_communicator(), world().rank());
+  static std::unique_ptr<Communicator> comm = [] {
+    auto nccl = make_nccl_communicator(make_communicator(), world().rank());
+    nccl->set_timeout(300);
+    return nccl;
+  }();
   return *comm;
 }
 

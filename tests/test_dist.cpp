@@ -14,7 +14,6 @@
 #include <functional>
 #include <limits>
 #include <numeric>
-#include <thread>
 
 #include "autograd/ops.h"
 #include "dist/communicator.h"
@@ -1035,12 +1034,13 @@ TEST_SUITE("dist") {
     Communicator& late = *make_communicator().release();
     late.set_timeout(0.5);
     std::string error;
+    // The other ranks arrive only after rank 0 gave up (the world's barrier orders it, on a
+    // loaded machine too), and complete the barrier as MPI progresses rank 0's abandoned call.
     if (world().rank() == 0) {
       error = error_of([&] { late.barrier(); });
+      world().barrier();
     } else {
-      // Rank 0 gives up first; these ranks then arrive and complete the barrier as MPI
-      // progresses rank 0's abandoned call.
-      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      world().barrier();
       late.set_timeout(60);
       late.barrier();
     }

@@ -4,14 +4,20 @@
 // CUDA device, and where there are fewer GPUs than ranks.
 #include <doctest/doctest.h>
 
+#include <chrono>
+#include <cstdlib>
+
 #include "dist/cuda/nccl.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
+#include "tensor/matmul.h"
 #include "tensor/view.h"
 #include "tests/dist_world.h"
 #include "tests/error_of.h"
 #include "tests/gpu_check.h"
+#include "tests/process.h"
+#include "tests/temp_dir.h"
 
 namespace longnet {
 namespace {
@@ -28,6 +34,19 @@ using testing::relative_error;
 using testing::too_few_gpus;
 using testing::world;
 using testing::worst;
+
+// The stall case below runs the "(child)" case under an mpirun of its own, which it
+// starts with LONGNET_TEST_STALL set.
+bool stall_child() { return std::getenv("LONGNET_TEST_STALL") != nullptr; }
+
+bool stall_skipped() {
+#ifdef LONGNET_TEST_MPIRUN
+  return true;
+#else
+  return stall_child() || cuda::device_count() < 2 || testing::mpirun_path().empty() ||
+         std::getenv("LONGNET_DIST_MPI_TOOL") == nullptr;
+#endif
+}
 
 // Rank r's part of a [ranks, ...] tensor.
 Tensor slot(const Tensor& t, std::int64_t dim, std::int64_t r) {
@@ -114,6 +133,61 @@ TEST_SUITE("gpu") {
       comm.send(mine, next, 0);
     }
     CHECK(worst(relative_error(got, data_of(previous, DType::f32, {64}, 50))) == 0);
+  }
+
+  // Rank 1's all_reduce waits behind about 5 s of GPU work; rank 0's starts at once and
+  // cannot finish, so its watchdog must end it after the 1 s timeout. The host calls on both
+  // ranks return at once (NCCL's work is stream-ordered), and then both block in the copy.
+  TEST_CASE("(child) a stalled all_reduce" * doctest::skip(!stall_child())) {
+    Communicator& comm = gpus();
+    Tensor t = full({1024}, 1, {DType::f32, my_gpu()});
+    comm.all_reduce(t, ReduceOp::sum);  // NCCL connects before the timeout gets short
+    // A few large products, not many small ones: the host must not block on a full launch
+    // queue before it reaches the all_reduce.
+    Tensor a = full({16384, 16384}, 1e-4, {DType::f32, my_gpu()});
+    Tensor product = matmul(a, a);
+    cuda::synchronize(my_gpu().index);
+    auto start = std::chrono::steady_clock::now();
+    product = matmul(a, product);
+    cuda::synchronize(my_gpu().index);
+    double once = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    comm.set_timeout(1);
+    if (comm.rank() == 1) {
+      for (double queued = 0; queued < 5; queued += once) product = matmul(a, product);
+    }
+    comm.all_reduce(t, ReduceOp::sum);
+    Tensor result = to(t, Device::cpu());
+    MESSAGE("rank ", comm.rank(), ": the stalled all_reduce finished with ",
+            result.to_vector<float>()[0]);
+  }
+
+  TEST_CASE("an NCCL operation that outlives the timeout ends its rank with a message" *
+            doctest::skip(stall_skipped())) {
+    testing::TempDir dir;
+    std::string log = dir.file("stall.txt");
+    // The child's cases must not write this run's results file.
+    std::string results =
+        std::getenv("LONGNET_TEST_RESULTS") != nullptr ? std::getenv("LONGNET_TEST_RESULTS") : "";
+    unsetenv("LONGNET_TEST_RESULTS");
+    setenv("LONGNET_TEST_STALL", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    auto start = std::chrono::steady_clock::now();
+    int code = testing::run(testing::mpirun_path(),
+                            {"-np", "2", std::getenv("LONGNET_DIST_MPI_TOOL"), "--no-colors",
+                             "-ts=gpu", "-tc=(child)*"},
+                            log);
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    unsetenv("LONGNET_TEST_STALL");
+    if (!results.empty()) setenv("LONGNET_TEST_RESULTS", results.c_str(), 1);
+    std::string text = testing::read_text(log);
+    CAPTURE(text);
+    CHECK(code != 0);
+    CHECK(contains(text, "longnet: rank 0: NCCL all_reduce f32"));
+    CHECK(contains(text, "without finishing, longer than the communicator's timeout"));
+    CHECK(!contains(text, "the stalled all_reduce finished"));
+    CHECK(seconds < 120);
   }
 
   TEST_CASE("nccl: mismatched shapes are an error on every rank, CPU tensors go to the host" *

@@ -1,11 +1,7 @@
 // longnet-train and longnet-generate: configuration checks, checkpoints, exact resume after
 // SIGKILL, corrupt-checkpoint fallback, numerical faults and deterministic sampling.
 #include <doctest/doctest.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -18,17 +14,21 @@
 
 #include "dist/communicator.h"
 #include "tensor/copy.h"
+#include "tests/process.h"
 #include "tests/temp_dir.h"
 #include "train/generate.h"
 #include "train/trainer.h"
-
-extern char** environ;
 
 namespace longnet {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using testing::exit_code;
+using testing::mpirun_path;
+using testing::read_text;
+using testing::run;
+using testing::spawn;
 using testing::TempDir;
 
 // Text with structure a small model picks up quickly: sentences from a few words, chosen
@@ -88,50 +88,6 @@ std::string tool(const char* variable) {
   std::string unset = std::string(variable) + " is not set (run through meson test)";
   REQUIRE_MESSAGE(path != nullptr, unset);
   return path;
-}
-
-// Starts program with args, stdout and stderr to log; returns its pid.
-pid_t spawn(const std::string& program, const std::vector<std::string>& args,
-            const std::string& log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  std::vector<char*> argv{const_cast<char*>(program.c_str())};
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  REQUIRE_MESSAGE(rc == 0, "cannot start ", program);
-  return pid;
-}
-
-int exit_code(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
-
-int run(const std::string& program, const std::vector<std::string>& args, const std::string& log) {
-  return exit_code(spawn(program, args, log));
-}
-
-// mpirun from PATH when this build has MPI; empty otherwise.
-std::string mpirun_path() {
-  if (!built_with_mpi()) return "";
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path != nullptr ? path : "");
-  for (std::string dir; std::getline(dirs, dir, ':');) {
-    fs::path candidate = fs::path(dir) / "mpirun";
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
-  }
-  return "";
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), {}};
 }
 
 void write_config(const TempDir& dir, const json& config, const std::string& name = "config.json") {

@@ -6,12 +6,14 @@
 #include <nccl.h>
 
 #include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
 
 #include "dist/arguments.h"
+#include "dist/watchdog.h"
 #include "tensor/copy.h"
 #include "tensor/creation.h"
 #include "tensor/cuda/check.h"
@@ -137,12 +139,40 @@ class Event {
   cudaEvent_t event_ = nullptr;
 };
 
+// Whether the work before event on its stream has finished. Called from the watchdog's
+// thread, so it never throws: an error other than "not ready" (the device is broken; the
+// main thread will hear of it) counts as finished. The device is set first, so that this
+// thread never makes a context on device 0.
+bool reached(int device, const Event& event) {
+  if (cudaSetDevice(device) != cudaSuccess) return true;
+  cudaError_t status = cudaEventQuery(event.get());
+  if (status == cudaErrorNotReady) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+// What the watchdog does when an NCCL operation outlives the timeout. The main thread may
+// be blocked in any CUDA call that waits for it, and a result that never came may already
+// be in use, so there is no error to throw: this rank reports and exits, and the launcher
+// then ends the other ranks (mpirun does on a non-zero exit).
+[[noreturn]] void stop_on_timeout(int rank, const std::string& what, double seconds) {
+  std::fprintf(stderr,
+               "longnet: rank %d: NCCL %s has run %.1f s without finishing, longer than the "
+               "communicator's timeout (dist.timeout_s): another rank stopped or hangs. This "
+               "rank exits so that the launcher ends the run; resume from the last checkpoint.\n",
+               rank, what.c_str(), seconds);
+  std::fflush(stderr);
+  std::_Exit(EXIT_FAILURE);
+}
+
 // An enqueued NCCL operation: done marks its end on the NCCL stream; finish runs on the
 // device's stream once it waits for done (bf16 results narrowed back) and holds the
 // tensors the operation reads and writes until then.
 class NcclWork final : public Work {
  public:
-  NcclWork(int device, std::unique_ptr<Event> done, std::function<void()> finish)
+  NcclWork(int device, std::shared_ptr<Event> done, std::function<void()> finish)
       : device_(device), done_(std::move(done)), finish_(std::move(finish)) {}
 
   // Dropped without wait(): the device's stream still waits for the operation before the
@@ -180,7 +210,7 @@ class NcclWork final : public Work {
 
  private:
   int device_;
-  std::unique_ptr<Event> done_;
+  std::shared_ptr<Event> done_;
   std::function<void()> finish_;
   bool waited_ = false;
 };
@@ -192,7 +222,11 @@ constexpr std::int64_t kSignatureLength = 5 + kMaxDims;
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(std::unique_ptr<Communicator> host, int device)
-      : host_(std::move(host)), device_(device) {
+      : host_(std::move(host)),
+        device_(device),
+        watchdog_([rank = host_->rank()](const std::string& what,
+                                         double seconds) { stop_on_timeout(rank, what, seconds); },
+                  0.1) {
     LN_CHECK(host_ != nullptr, "make_nccl_communicator: needs the host communicator");
     LN_CHECK(device >= 0 && device < cuda::device_count(), "make_nccl_communicator: rank ",
              host_->rank(), " asked for cuda:", device, ", but this machine has ",
@@ -251,7 +285,7 @@ class NcclCommunicator final : public Communicator {
           acc = widen ? to(t, DType::f32) : t;
         },
         t, static_cast<std::int64_t>(op));
-    auto done = run([&] {
+    auto done = run("all_reduce", acc, [&] {
       LN_NCCL_CHECK(nccl().all_reduce(acc.raw_data(), acc.raw_data(),
                                       static_cast<std::size_t>(acc.numel()), nccl_type(acc.dtype()),
                                       nccl_op(op), comm_, stream_));
@@ -277,7 +311,7 @@ class NcclCommunicator final : public Communicator {
                            ? static_cast<const char*>(out.raw_data()) +
                                  count * element_size(in.dtype()) * static_cast<std::size_t>(rank())
                            : in.raw_data();
-    auto done = run([&] {
+    auto done = run("all_gather", in, [&] {
       LN_NCCL_CHECK(
           nccl().all_gather(send, out.raw_data(), count, nccl_type(in.dtype()), comm_, stream_));
     });
@@ -299,7 +333,7 @@ class NcclCommunicator final : public Communicator {
           acc = widen ? empty(out.shape(), {DType::f32, out.device()}) : out;
         },
         in, static_cast<std::int64_t>(op));
-    auto done = run([&] {
+    auto done = run("reduce_scatter", in, [&] {
       LN_NCCL_CHECK(nccl().reduce_scatter(src.raw_data(), acc.raw_data(),
                                           static_cast<std::size_t>(acc.numel()),
                                           nccl_type(acc.dtype()), nccl_op(op), comm_, stream_));
@@ -313,7 +347,7 @@ class NcclCommunicator final : public Communicator {
     if (t.device().is_cpu()) return host_->broadcast(t, root);
     agree(
         "broadcast", [&] { check_broadcast(t, root, size()); }, t, root);
-    auto done = run([&] {
+    auto done = run("broadcast", t, [&] {
       LN_NCCL_CHECK(nccl().broadcast(t.raw_data(), t.raw_data(),
                                      static_cast<std::size_t>(t.numel()), nccl_type(t.dtype()),
                                      root, comm_, stream_));
@@ -325,7 +359,7 @@ class NcclCommunicator final : public Communicator {
     if (t.device().is_cpu()) return host_->send(t, dst, tag);
     check_point_to_point(t, dst, tag, kMaxTag, rank(), size(), "send");
     check_here(t, "send");
-    auto done = run([&] {
+    auto done = run(cat("send to rank ", dst, " of"), t, [&] {
       LN_NCCL_CHECK(nccl().send(t.raw_data(), bytes_of(t), ncclUint8, dst, comm_, stream_));
     });
     NcclWork(device_, std::move(done), nullptr).wait();
@@ -335,7 +369,7 @@ class NcclCommunicator final : public Communicator {
     if (t.device().is_cpu()) return host_->recv(t, src, tag);
     check_point_to_point(t, src, tag, kMaxTag, rank(), size(), "recv");
     check_here(t, "recv");
-    auto done = run([&] {
+    auto done = run(cat("recv from rank ", src, " into"), t, [&] {
       LN_NCCL_CHECK(nccl().recv(t.raw_data(), bytes_of(t), ncclUint8, src, comm_, stream_));
     });
     NcclWork(device_, std::move(done), nullptr).wait();
@@ -344,11 +378,12 @@ class NcclCommunicator final : public Communicator {
   // The host's barrier: every rank has called it once it returns (GPU work may still run).
   void barrier() override { host_->barrier(); }
 
-  // The host's waits (argument agreement, CPU tensors) time out; NCCL's operations are
-  // stream-ordered and have no host wait to time out yet.
+  // The host's waits (argument agreement, CPU tensors) time out with an error; an NCCL
+  // operation that runs longer makes the watchdog stop the process (stop_on_timeout).
   void set_timeout(double seconds) override {
     Communicator::set_timeout(seconds);
     host_->set_timeout(seconds);
+    watchdog_.set_timeout(seconds);
   }
 
  private:
@@ -364,17 +399,24 @@ class NcclCommunicator final : public Communicator {
              str(Device::cuda(device_)), ", got ", describe(t));
   }
 
-  // Enqueues f's NCCL work on the NCCL stream after the work queued on the device's stream;
-  // returns the event that marks its end.
+  // Enqueues f's NCCL work on the NCCL stream after the work queued on the device's stream,
+  // watched from its start to its end (the watchdog names it: call, tensor, sequence
+  // number); returns the event that marks its end.
   template <class F>
-  std::unique_ptr<Event> run(F f) {
+  std::shared_ptr<Event> run(const std::string& call, const Tensor& t, F f) {
     cuda::DeviceGuard guard(device_);
     Event ready;
     LN_CUDA_CHECK(cudaEventRecord(ready.get(), cuda::current_stream(device_)));
     LN_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready.get(), 0));
+    auto started = std::make_shared<Event>();
+    LN_CUDA_CHECK(cudaEventRecord(started->get(), stream_));
     f();
-    auto done = std::make_unique<Event>();
+    auto done = std::make_shared<Event>();
     LN_CUDA_CHECK(cudaEventRecord(done->get(), stream_));
+    watchdog_.watch(
+        cat(call, " ", describe(t), " (operation ", ++operations_, " of this communicator)"),
+        [device = device_, started] { return reached(device, *started); },
+        [device = device_, done] { return reached(device, *done); });
     return done;
   }
 
@@ -421,6 +463,9 @@ class NcclCommunicator final : public Communicator {
   int device_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  std::int64_t operations_ = 0;
+  // Destroyed after the destructor's body: a hang while it finishes the stream is caught.
+  Watchdog watchdog_;
 };
 
 }  // namespace
