@@ -288,14 +288,20 @@ void orthonormalize_columns(T* p, std::int64_t n, std::int64_t r) {
   }
 }
 
-void orthonormalize_columns(const Tensor& p) {
-  Tensor host = contiguous(to(p, Device::cpu()));
-  if (host.dtype() == DType::f64) {
-    orthonormalize_columns(host.data<double>(), host.size(0), host.size(1));
-  } else {
-    orthonormalize_columns(host.data<float>(), host.size(0), host.size(1));
+// Orthonormalises the columns of each P (shapes n x r) joined in flat, in place, with one
+// round trip to the host for all of them.
+void orthonormalize_columns(const Tensor& flat, const std::vector<Shape>& shapes) {
+  Tensor host = contiguous(to(flat, Device::cpu()));
+  std::int64_t offset = 0;
+  for (const Shape& shape : shapes) {
+    if (host.dtype() == DType::f64) {
+      orthonormalize_columns(host.data<double>() + offset, shape[0], shape[1]);
+    } else {
+      orthonormalize_columns(host.data<float>() + offset, shape[0], shape[1]);
+    }
+    offset += numel(shape);
   }
-  if (host.raw_data() != p.raw_data()) copy_(p, host);
+  if (host.raw_data() != flat.raw_data()) copy_(flat, host);
 }
 
 struct LowRank {
@@ -447,10 +453,10 @@ std::vector<Tensor> PowerSgdPending::finish() {
     p_shapes.push_back({l.m.size(0), r});
     q_shapes.push_back({l.m.size(1), r});
   }
+  orthonormalize_columns(ps_, p_shapes);
   std::vector<Tensor> ps = pieces(ps_, p_shapes);
   std::vector<Tensor> qs;
   for (std::size_t i = 0; i < low_rank_.size(); ++i) {
-    orthonormalize_columns(ps[i]);
     qs.push_back(matmul(transpose(low_rank_[i].m, 0, 1), ps[i]));
   }
   Tensor all_qs = joined(qs, ps_.dtype());

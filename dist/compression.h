@@ -16,7 +16,8 @@
 //             n m >= powersgd_min_compression x r (n + m), else (and for vectors) it is
 //             averaged exactly with the bucket's other such tensors. For a compressed one,
 //             M = gradient + residual; P = M Q is averaged over ranks and orthonormalised
-//             (Gram-Schmidt on its columns), Q = M^T P is averaged, and the result is
+//             (Gram-Schmidt on its columns, in f64 on the host: one round trip for all of
+//             a bucket's Ps), Q = M^T P is averaged, and the result is
 //             P Q^T; residual = M - P Q^T. Q persists across steps (warm start) and starts
 //             as normal draws from a seed fixed per tensor, the same on every rank. One
 //             all-reduce carries the bucket's Ps, one its Qs.
