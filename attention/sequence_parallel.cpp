@@ -213,29 +213,88 @@ std::vector<HeadClass> head_classes(const Layout& lay, const DilatedAttentionCon
   return classes;
 }
 
-// The compact key rows [k0, k1) = [work.k0, work.k1) of t, this rank's rows of the class
-// (B, count, heads, X): t itself for a class inside slices; else every rank's rows,
-// all-gathered (only the selected rows travel) and picked. A crossing class takes part in
-// the collective even when this rank has no rows of it.
-Tensor key_rows(const Layout& lay, const HeadClass& c, const Tensor& t, Communicator& comm) {
-  std::int64_t k0 = c.work.k0;
-  std::int64_t k1 = c.work.k1;
-  if (!c.crossing) return narrow(t, 1, k0 - c.starts[lay.rank], k1 - k0);
+// t (B, local, H, X) as (B, local * H, X), the layout rows_of picks from (one copy at most,
+// made once for all classes).
+Tensor flat_rows(const Layout& lay, const Tensor& t) {
+  return reshape(contiguous(t), {lay.batch, lay.local * lay.heads, t.size(3)});
+}
+
+// This rank's rows of a class from flat (flat_rows): (B, count, heads, X).
+Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& flat) {
+  return reshape(index_select(flat, 1, c.rows, kTrust),
+                 {lay.batch, c.count(lay.rank), c.head_count(), flat.size(2)});
+}
+
+// Rows [from, to) of dim dim of t, relative to t's first row `origin`, contiguous.
+Tensor part(const Tensor& t, std::int64_t dim, std::int64_t origin, std::int64_t from,
+            std::int64_t to) {
+  return contiguous(narrow(t, dim, from - origin, to - from));
+}
+
+// The compact key rows [k0, k1) = [work.k0, work.k1) of a class, on their way: K and V side
+// by side, (B, rows, heads, D + Dv). For a class inside slices they are this rank's own
+// rows; for a crossing class every rank's rows are all-gathered (only the selected rows
+// travel), started by start_key_rows so that the gather runs while the previous class
+// computes, and picked by finish_key_rows.
+struct KeyRows {
+  Tensor local;                // a class inside slices: the rows themselves
+  Tensor send;                 // a crossing class: this rank's rows, padded to most_rows
+  Tensor all;                  // and every rank's, (ranks, most_rows, B, heads, D + Dv)
+  std::unique_ptr<Work> work;  // the all-gather in flight
+};
+
+// kv: this rank's rows of the class (B, count, heads, D + Dv). A crossing class takes part
+// in the collective even when this rank has no rows of it; every rank starts the classes'
+// gathers in the same order.
+KeyRows start_key_rows(const Layout& lay, const HeadClass& c, const Tensor& kv,
+                       Communicator& comm) {
+  KeyRows g;
+  if (!c.crossing) {
+    g.local = narrow(kv, 1, c.work.k0 - c.starts[lay.rank], c.work.k1 - c.work.k0);
+    return g;
+  }
   std::int64_t rows = c.most_rows();
-  TensorOptions options{t.dtype(), t.device()};
-  Tensor send = zeros({rows, lay.batch, c.head_count(), t.size(3)}, options);
-  copy_(narrow(send, 0, 0, t.size(1)), permute(t, {1, 0, 2, 3}));
-  Tensor all = empty({lay.ranks, rows, lay.batch, c.head_count(), t.size(3)}, options);
-  comm.all_gather(send, all);
-  if (k0 == k1) return empty({lay.batch, 0, c.head_count(), t.size(3)}, options);
-  Tensor picked = index_select(
-      reshape(all, {lay.ranks * rows, lay.batch, c.head_count(), t.size(3)}), 0, c.packed, kTrust);
+  TensorOptions options{kv.dtype(), kv.device()};
+  g.send = zeros({rows, lay.batch, c.head_count(), kv.size(3)}, options);
+  copy_(narrow(g.send, 0, 0, kv.size(1)), permute(kv, {1, 0, 2, 3}));
+  g.all = empty({lay.ranks, rows, lay.batch, c.head_count(), kv.size(3)}, options);
+  g.work = comm.all_gather_async(g.send, g.all);
+  return g;
+}
+
+Tensor finish_key_rows(const Layout& lay, const HeadClass& c, KeyRows& g) {
+  if (!c.crossing) return g.local;
+  g.work->wait();
+  std::int64_t x = g.all.size(4);
+  if (c.work.k0 == c.work.k1) {
+    return empty({lay.batch, 0, c.head_count(), x}, {g.all.dtype(), g.all.device()});
+  }
+  Tensor picked =
+      index_select(reshape(g.all, {lay.ranks * c.most_rows(), lay.batch, c.head_count(), x}), 0,
+                   c.packed, kTrust);
   return contiguous(permute(picked, {1, 0, 2, 3}));
+}
+
+// Runs step(c, key rows of c) over the classes in order, each class's gather started before
+// the class before it computes.
+template <class Step>
+void with_key_rows(const Layout& lay, const std::vector<HeadClass>& classes, const Tensor& kf,
+                   const Tensor& vf, Communicator& comm, Step step) {
+  auto start = [&](const HeadClass& c) {
+    return start_key_rows(lay, c, concat({rows_of(lay, c, kf), rows_of(lay, c, vf)}, 3), comm);
+  };
+  KeyRows next;
+  if (!classes.empty()) next = start(classes.front());
+  for (std::size_t i = 0; i < classes.size(); ++i) {
+    KeyRows now = std::move(next);
+    if (i + 1 < classes.size()) next = start(classes[i + 1]);
+    step(classes[i], finish_key_rows(lay, classes[i], now));
+  }
 }
 
 // Adds g, the gradient of the class's compact key rows [work.k0, work.k1) (B, rows, heads,
 // X), to grad (B, local * H, X): rows of other ranks go back to them (a reduce-scatter of
-// the packed layout key_rows gathered).
+// the packed layout start_key_rows gathered).
 void add_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, const Tensor& grad,
                    Communicator& comm) {
   std::int64_t mine = c.count(lay.rank);
@@ -281,24 +340,6 @@ void merge_into(const Tensor& acc, const Tensor& acc_lse, const Tensor& out, con
   copy_(acc_lse, total);
 }
 
-// t (B, local, H, X) as (B, local * H, X), the layout rows_of picks from (one copy at most,
-// made once for all classes).
-Tensor flat_rows(const Layout& lay, const Tensor& t) {
-  return reshape(contiguous(t), {lay.batch, lay.local * lay.heads, t.size(3)});
-}
-
-// This rank's rows of a class from flat (flat_rows): (B, count, heads, X).
-Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& flat) {
-  return reshape(index_select(flat, 1, c.rows, kTrust),
-                 {lay.batch, c.count(lay.rank), c.head_count(), flat.size(2)});
-}
-
-// Rows [from, to) of dim dim of t, relative to t's first row `origin`, contiguous.
-Tensor part(const Tensor& t, std::int64_t dim, std::int64_t origin, std::int64_t from,
-            std::int64_t to) {
-  return contiguous(narrow(t, dim, from - origin, to - from));
-}
-
 // What one rank computes for one call: the layout and, when some segment crosses a slice
 // boundary, the classes (built once for a forward pass and its backward).
 struct Plan {
@@ -319,11 +360,11 @@ AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& confi
   // Each class's output and log-denominators on this rank's rows: (B, count, heads, Dv),
   // (B, heads, count).
   std::vector<AttentionOutput> parts;
-  for (const HeadClass& c : classes) {
+  with_key_rows(lay, classes, kf, vf, comm, [&](const HeadClass& c, const Tensor& kv) {
     const ClassWork& w = c.work;
     Tensor qs = rows_of(lay, c, qf);
-    Tensor ks = key_rows(lay, c, rows_of(lay, c, kf), comm);
-    Tensor vs = key_rows(lay, c, rows_of(lay, c, vf), comm);
+    Tensor ks = narrow(kv, 3, 0, lay.d);
+    Tensor vs = narrow(kv, 3, lay.d, lay.dv);
     Tensor out = zeros({lay.batch, w.qb - w.qa, c.head_count(), lay.dv}, options);
     Tensor lse = full({lay.batch, c.head_count(), w.qb - w.qa}, -kInf, options);
     for (const Piece& p : w.pieces) {
@@ -334,7 +375,7 @@ AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& confi
                  to(o.out, ct), o.lse);
     }
     parts.push_back({out, lse});
-  }
+  });
   // One softmax over the branches: the log-denominators of each branch (its classes hold
   // disjoint heads) merge into the total, -inf where no branch selects a position.
   Tensor total = full({lay.batch, lay.heads * lay.local}, -kInf, options);
@@ -379,9 +420,9 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
   Tensor of = flat_rows(lay, out);
   Tensor gf = flat_rows(lay, dout);
   Tensor dq = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
-  Tensor dk = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
-  Tensor dv = zeros({lay.batch, lay.local * lay.heads, lay.dv}, options);
-  for (const HeadClass& c : plan.classes) {
+  // dK and dV side by side, as K and V travel: one reduce-scatter per crossing class.
+  Tensor dkv = zeros({lay.batch, lay.local * lay.heads, lay.d + lay.dv}, options);
+  with_key_rows(lay, plan.classes, kf, vf, comm, [&](const HeadClass& c, const Tensor& kv) {
     const ClassWork& w = c.work;
     std::int64_t mine = w.qb - w.qa;
     Tensor qs = rows_of(lay, c, qf);
@@ -395,11 +436,12 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
     }
     Tensor ls =
         reshape(index_select(lse_flat, 1, c.lse_rows, kTrust), {lay.batch, c.head_count(), mine});
-    Tensor ks = key_rows(lay, c, rows_of(lay, c, kf), comm);
-    Tensor vs = key_rows(lay, c, rows_of(lay, c, vf), comm);
+    Tensor ks = narrow(kv, 3, 0, lay.d);
+    Tensor vs = narrow(kv, 3, lay.d, lay.dv);
     Tensor dqs = zeros({lay.batch, mine, c.head_count(), lay.d}, options);
-    Tensor dks = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.d}, options);
-    Tensor dvs = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.dv}, options);
+    Tensor dkvs = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.d + lay.dv}, options);
+    Tensor dks = narrow(dkvs, 3, 0, lay.d);
+    Tensor dvs = narrow(dkvs, 3, lay.d, lay.dv);
     for (const Piece& p : w.pieces) {
       AttentionGrads pg = dilated_attention_backward(
           part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
@@ -412,13 +454,13 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
     if (mine > 0) {
       index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.head_count(), lay.d}), kTrust);
     }
-    add_key_grads(lay, c, dks, dk, comm);
-    add_key_grads(lay, c, dvs, dv, comm);
-  }
+    add_key_grads(lay, c, dkvs, dkv, comm);
+  });
   auto shaped = [&](const Tensor& t, const Tensor& like) {
-    return to(reshape(t, {lay.batch, lay.local, lay.heads, t.size(2)}), like.dtype());
+    return to(reshape(contiguous(t), {lay.batch, lay.local, lay.heads, t.size(2)}), like.dtype());
   };
-  return {shaped(dq, q), shaped(dk, k), shaped(dv, v)};
+  return {shaped(dq, q), shaped(narrow(dkv, 2, 0, lay.d), k),
+          shaped(narrow(dkv, 2, lay.d, lay.dv), v)};
 }
 
 Layout check_layout(const Tensor& q, const Tensor& k, const Tensor& v,

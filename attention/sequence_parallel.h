@@ -9,11 +9,13 @@
 // boundary finds all its keys in the rank's own rows. For a branch whose segments do cross
 // one, each rank packs the K and V rows of its slice that the branch selects (about
 // n_local / r rows per head) and the ranks all-gather the packed rows, so only dilated rows
-// travel. The branches' outputs merge into one softmax as in dilated attention. The backward
-// pass computes dK and dV of every key row a rank's queries saw and reduce-scatters them
-// back to their owners; it gathers the packed rows again instead of keeping them. Memory per
-// rank: the slice plus, per crossing branch, every rank's packed rows (about n / r rows per
-// head using it).
+// travel: K and V in one collective per (branch, offset), started before the previous one
+// computes, so that it overlaps that computation. The branches' outputs merge into one
+// softmax as in dilated attention. The backward pass computes dK and dV of every key row a
+// rank's queries saw and reduce-scatters them back to their owners (one collective for both);
+// it gathers the packed rows again instead of keeping them. Memory per rank: the slice plus,
+// for two (branch, offset) classes at a time, every rank's packed rows (about n / r rows per
+// head using them).
 //
 // When no segment crosses a slice boundary (every slice starts at a segment start of every
 // branch), each rank's part is plain dilated attention over its own rows and nothing

@@ -177,7 +177,7 @@ TEST_SUITE("dist") {
       "only the dilated K/V rows of crossing branches travel, and nothing when none crosses") {
     Communicator& comm = world();
     // n = 96 on P ranks: w = 96 (one segment over everything, r = 4) crosses every slice
-    // boundary; w = 8 stays inside slices for P = 2 and 3 (slice starts 48; 32, 64).
+    // boundary; w = 8 stays inside slices for P = 2, 3 and 4 (slice starts 48; 32, 64; ...).
     std::int64_t n = 96;
     std::int64_t heads = 4;
     std::int64_t d = 8;
@@ -191,15 +191,20 @@ TEST_SUITE("dist") {
     CountingCommunicator counting(comm);
     sequence_parallel_attention_forward(q, k, v, {{8, 96}, {1, 4}, DilatedMode::paper, true}, n,
                                         counting);
+    // On other rank counts (5, 7, ...) w = 8 crosses too: nothing to check here.
+    bool aligned = true;
+    for (int r = 1; r < comm.size(); ++r) {
+      aligned = aligned && sequence_slice(n, r, comm.size()).begin % 8 == 0;
+    }
     // Per head about local / 4 rows of K and of V (one more where a slice starts mid-stride).
     std::int64_t dilated_rows = (local + 3) / 4 + 1;
     bool bounded = comm.size() == 1
                        ? counting.elements == 0
                        : counting.elements > 0 && counting.elements <= 2 * dilated_rows * heads * d;
-    CHECK(everywhere(bounded));
+    CHECK(everywhere(!aligned || bounded));
     CountingCommunicator idle(comm);
     sequence_parallel_attention_forward(q, k, v, {{8}, {1}, DilatedMode::paper, true}, n, idle);
-    CHECK(everywhere(idle.calls == 0));
+    CHECK(everywhere(!aligned || idle.calls == 0));
   }
 
   TEST_CASE("sequence slices cover the sequence in order, sizes within one") {
