@@ -208,8 +208,9 @@ TEST_SUITE("gpu") {
   TEST_CASE("take_top_k on the GPU takes exactly what the CPU takes" *
             doctest::skip(too_few_gpus())) {
     for (DType dtype : {DType::f32, DType::f64}) {
-      // Several blocks of 4096, ties across their boundaries, k at and between ties.
-      for (std::int64_t n : {1, 300, 4096, 10000, 70001}) {
+      // Several blocks of 4096, ties across their boundaries, k at and between ties; 5M
+      // elements make 1221 blocks, more than the plan kernel's 1024 threads take at once.
+      for (std::int64_t n : {1, 300, 4096, 10000, 70001, 5000000}) {
         for (std::int64_t k : {std::int64_t{1}, n / 100 + 1, n / 3 + 1, n}) {
           CAPTURE(dtype);
           CAPTURE(n);

@@ -1,17 +1,16 @@
 // Top-k by magnitude on the GPU. A radix select finds the key of the k-th largest element,
 // 8 bits a pass: a 256-bin histogram of the next digit of the keys that match the digits
-// chosen so far, read back to choose the next digit. Then a count pass (per block of
-// kChunk elements: keys above that key and keys equal to it) and a write pass take every
-// element above it and the first `need` elements equal to it, in index order, so the output
-// is the CPU's exactly: ascending indices, ties to the lower index.
+// chosen so far, from which a one-block kernel chooses the next digit. Then a count pass (per
+// block of kChunk elements: keys above that key and keys equal to it), a one-block scan that
+// gives each block its first output slot and how many equal keys it takes, and a write pass
+// take every element above the key and the first `remaining` elements equal to it, in index
+// order, so the output is the CPU's exactly: ascending indices, ties to the lower index. The
+// selection's state stays on the device: the host only launches, and never waits.
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "dist/cuda/topk.h"
-#include "tensor/copy.h"
 #include "tensor/creation.h"
 #include "tensor/cuda/check.h"
 #include "tensor/cuda/stream.h"
@@ -48,10 +47,31 @@ struct Keys<double> {
   }
 };
 
+constexpr int kPlanThreads = 1024;  // the one block of plan_kernel
+constexpr int kPlanWarps = kPlanThreads / 32;
+
+// The radix select's state: the digits chosen so far (prefix, under mask) and the rank of the
+// wanted key among the keys that match them, counted from the largest. After the last pass,
+// prefix is the wanted key and remaining how many keys equal to it are taken.
+struct Select {
+  unsigned long long prefix;
+  unsigned long long mask;
+  long long remaining;
+};
+
+// Zeros the histogram and starts the selection of the k-th largest key (kBins threads).
+__global__ void start_kernel(unsigned long long* hist, Select* select, long long k) {
+  hist[threadIdx.x] = 0;
+  if (threadIdx.x == 0) *select = {0, 0, k};
+}
+
 // hist[d] += how many keys with (key & mask) == prefix have digit d at shift.
 template <class T>
-__global__ void histogram_kernel(const T* acc, std::int64_t n, typename Keys<T>::Key prefix,
-                                 typename Keys<T>::Key mask, int shift, unsigned long long* hist) {
+__global__ void histogram_kernel(const T* acc, std::int64_t n, const Select* select, int shift,
+                                 unsigned long long* hist) {
+  using Key = typename Keys<T>::Key;
+  const auto prefix = static_cast<Key>(select->prefix);
+  const auto mask = static_cast<Key>(select->mask);
   __shared__ unsigned bins[kBins];
   for (int i = static_cast<int>(threadIdx.x); i < kBins; i += kThreads) bins[i] = 0;
   __syncthreads();
@@ -66,6 +86,25 @@ __global__ void histogram_kernel(const T* acc, std::int64_t n, typename Keys<T>:
   }
 }
 
+// Chooses the digit at shift: the largest whose keys, with those of every larger digit,
+// reach the wanted rank (0 if none does); the rank becomes one among that digit's keys. Zeros
+// the histogram for the next pass. kBins threads; one walks the bins in shared memory.
+__global__ void digit_kernel(unsigned long long* hist, Select* select, int shift) {
+  __shared__ unsigned long long bins[kBins];
+  bins[threadIdx.x] = hist[threadIdx.x];
+  hist[threadIdx.x] = 0;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  long long remaining = select->remaining;
+  int digit = kBins - 1;
+  for (; digit > 0 && static_cast<long long>(bins[digit]) < remaining; --digit) {
+    remaining -= static_cast<long long>(bins[digit]);
+  }
+  select->prefix |= static_cast<unsigned long long>(digit) << shift;
+  select->mask |= 0xffULL << shift;
+  select->remaining = remaining;
+}
+
 // The sum of every thread's v in the block (all threads call it).
 __device__ unsigned block_sum(unsigned v, unsigned* scratch) {
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffU, v, o);
@@ -77,10 +116,11 @@ __device__ unsigned block_sum(unsigned v, unsigned* scratch) {
   return total;
 }
 
-// Per block of kChunk elements: keys above threshold and keys equal to it.
+// Per block of kChunk elements: keys above the selected key and keys equal to it.
 template <class T>
-__global__ void count_kernel(const T* acc, std::int64_t n, typename Keys<T>::Key threshold,
-                             long long* above, long long* equal) {
+__global__ void count_kernel(const T* acc, std::int64_t n, const Select* select, long long* above,
+                             long long* equal) {
+  const auto threshold = static_cast<typename Keys<T>::Key>(select->prefix);
   __shared__ unsigned scratch[kWarps];
   const std::int64_t begin = blockIdx.x * std::int64_t{kChunk};
   unsigned a = 0;
@@ -98,6 +138,57 @@ __global__ void count_kernel(const T* acc, std::int64_t n, typename Keys<T>::Key
   if (threadIdx.x == 0) {
     above[blockIdx.x] = a;
     equal[blockIdx.x] = e;
+  }
+}
+
+// The sum of v over the block's threads before this one (kPlanThreads threads, all call it);
+// total gets the sum over all of them.
+__device__ long long exclusive_scan(long long v, long long* warp_sums, long long* total) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  long long x = v;
+  for (int o = 1; o < 32; o *= 2) {
+    const long long y = __shfl_up_sync(0xffffffffU, x, o);
+    if (lane >= o) x += y;
+  }
+  if (lane == 31) warp_sums[warp] = x;
+  __syncthreads();
+  long long before = 0;
+  long long all = 0;
+  for (int w = 0; w < kPlanWarps; ++w) {
+    if (w < warp) before += warp_sums[w];
+    all += warp_sums[w];
+  }
+  __syncthreads();
+  *total = all;
+  return before + x - v;
+}
+
+// Per block of the write pass: the first output slot (offset) and how many keys equal to the
+// selected one it takes (budget): the equal keys are taken in index order until `remaining`
+// are, so block b takes min(equal[b], max(0, remaining - equal keys before it)).
+__global__ void __launch_bounds__(kPlanThreads)
+    plan_kernel(const long long* above, const long long* equal, std::int64_t blocks,
+                const Select* select, long long* offset, long long* budget) {
+  __shared__ long long warp_sums[kPlanWarps];
+  const long long remaining = select->remaining;
+  long long equal_before = 0;
+  long long taken_before = 0;
+  for (std::int64_t base = 0; base < blocks; base += kPlanThreads) {
+    const std::int64_t b = base + threadIdx.x;
+    const long long a = b < blocks ? above[b] : 0;
+    const long long e = b < blocks ? equal[b] : 0;
+    long long equal_total = 0;
+    const long long equal_here = equal_before + exclusive_scan(e, warp_sums, &equal_total);
+    const long long give = min(e, max(0LL, remaining - equal_here));
+    long long taken_total = 0;
+    const long long slot = taken_before + exclusive_scan(a + give, warp_sums, &taken_total);
+    if (b < blocks) {
+      offset[b] = slot;
+      budget[b] = give;
+    }
+    equal_before += equal_total;
+    taken_before += taken_total;
   }
 }
 
@@ -122,12 +213,12 @@ __device__ Ranked rank_in_block(bool flag, unsigned* scratch) {
   return r;
 }
 
-// Block b writes its taken elements (keys above threshold, and its first budget[b] keys
-// equal to it) from output slot offset[b] on, in index order, and zeros them in acc.
+// Block b writes its taken elements (keys above the selected key, and its first budget[b]
+// keys equal to it) from output slot offset[b] on, in index order, and zeros them in acc.
 template <class T>
-__global__ void write_kernel(T* acc, std::int64_t n, typename Keys<T>::Key threshold,
-                             const long long* offset, const long long* budget, std::int32_t* index,
-                             T* values) {
+__global__ void write_kernel(T* acc, std::int64_t n, const Select* select, const long long* offset,
+                             const long long* budget, std::int32_t* index, T* values) {
+  const auto threshold = static_cast<typename Keys<T>::Key>(select->prefix);
   __shared__ unsigned scratch[kWarps];
   const std::int64_t begin = blockIdx.x * std::int64_t{kChunk};
   long long out = offset[blockIdx.x];
@@ -156,59 +247,39 @@ template <class T>
 void take_top_k_as(const Tensor& acc, std::int64_t k, const Tensor& index, const Tensor& values) {
   using Key = typename Keys<T>::Key;
   const std::int64_t n = acc.numel();
-  const Device device = acc.device();
-  cudaStream_t stream = current_stream(device.index);
+  cudaStream_t stream = current_stream(acc.device().index);
   T* data = acc.data<T>();
-
-  // Radix select, most significant digit first: remaining is the rank of the wanted key
-  // among the keys that match the digits chosen so far, counted from the largest.
-  Key prefix = 0;
-  Key mask = 0;
-  std::int64_t remaining = k;
-  Tensor hist = empty({kBins}, {DType::i64, device});
-  for (int shift = static_cast<int>(8 * sizeof(Key)) - 8; shift >= 0; shift -= 8) {
-    LN_CUDA_CHECK(cudaMemsetAsync(hist.raw_data(), 0, kBins * sizeof(long long), stream));
-    histogram_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(
-        data, n, prefix, mask, shift, static_cast<unsigned long long*>(hist.raw_data()));
-    LN_CUDA_CHECK(cudaGetLastError());
-    std::vector<std::int64_t> counts = to(hist, Device::cpu()).to_vector<std::int64_t>();
-    int digit = kBins - 1;
-    for (; digit > 0 && counts[static_cast<std::size_t>(digit)] < remaining; --digit) {
-      remaining -= counts[static_cast<std::size_t>(digit)];
-    }
-    prefix |= static_cast<Key>(digit) << shift;
-    mask |= static_cast<Key>(0xff) << shift;
-  }
-  // Every key above prefix is taken, and the first `remaining` keys equal to it.
-  // Per block: keys above prefix (row 0) and equal to it (row 1), read back in one copy.
   const std::int64_t blocks = (n + kChunk - 1) / kChunk;
-  Tensor counts = empty({2, blocks}, {DType::i64, device});
-  auto* count_data = static_cast<long long*>(counts.raw_data());
-  count_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      data, n, prefix, count_data, count_data + blocks);
+  // One scratch buffer of 8-byte words: the histogram, the selection's state, and per block
+  // of the write pass its counts (above, equal) and plan (offset, budget).
+  static_assert(sizeof(Select) % sizeof(long long) == 0);
+  constexpr std::int64_t kSelectWords = sizeof(Select) / sizeof(long long);
+  Tensor scratch = empty({kBins + kSelectWords + 4 * blocks}, {DType::i64, acc.device()});
+  auto* words = static_cast<long long*>(scratch.raw_data());
+  auto* hist = reinterpret_cast<unsigned long long*>(words);
+  auto* select = reinterpret_cast<Select*>(words + kBins);
+  long long* above = words + kBins + kSelectWords;
+  long long* equal = above + blocks;
+  long long* offset = equal + blocks;
+  long long* budget = offset + blocks;
+
+  start_kernel<<<1, kBins, 0, stream>>>(hist, select, k);
   LN_CUDA_CHECK(cudaGetLastError());
-  std::vector<std::int64_t> host = to(counts, Device::cpu()).to_vector<std::int64_t>();
-  const std::int64_t* above = host.data();
-  const std::int64_t* equal = above + blocks;
-  // Per block: its first output slot (row 0) and how many equal keys it takes (row 1),
-  // uploaded in one copy.
-  std::vector<std::int64_t> plan(static_cast<std::size_t>(2 * blocks));
-  std::int64_t* offset = plan.data();
-  std::int64_t* budget = offset + blocks;
-  std::int64_t taken = 0;
-  std::int64_t equal_left = remaining;
-  for (std::int64_t b = 0; b < blocks; ++b) {
-    budget[b] = std::min(equal[b], equal_left);
-    equal_left -= budget[b];
-    offset[b] = taken;
-    taken += above[b] + budget[b];
+  // Most significant digit first.
+  for (int shift = static_cast<int>(8 * sizeof(Key)) - 8; shift >= 0; shift -= 8) {
+    histogram_kernel<T>
+        <<<grid_for(n, kThreads), kThreads, 0, stream>>>(data, n, select, shift, hist);
+    LN_CUDA_CHECK(cudaGetLastError());
+    digit_kernel<<<1, kBins, 0, stream>>>(hist, select, shift);
+    LN_CUDA_CHECK(cudaGetLastError());
   }
-  LN_CHECK(taken == k && equal_left == 0, "take_top_k: selected ", taken, " of ", k, " elements (",
-           equal_left, " ties left); the data changed during the selection");
-  Tensor plan_dev = from_data(plan, {2, blocks}, device);
-  const auto* plan_data = static_cast<const long long*>(plan_dev.raw_data());
-  write_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      data, n, prefix, plan_data, plan_data + blocks, index.data<std::int32_t>(), values.data<T>());
+  const auto grid = static_cast<unsigned>(blocks);
+  count_kernel<T><<<grid, kThreads, 0, stream>>>(data, n, select, above, equal);
+  LN_CUDA_CHECK(cudaGetLastError());
+  plan_kernel<<<1, kPlanThreads, 0, stream>>>(above, equal, blocks, select, offset, budget);
+  LN_CUDA_CHECK(cudaGetLastError());
+  write_kernel<T><<<grid, kThreads, 0, stream>>>(data, n, select, offset, budget,
+                                                 index.data<std::int32_t>(), values.data<T>());
   LN_CUDA_CHECK(cudaGetLastError());
 }
 
