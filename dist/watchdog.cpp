@@ -1,6 +1,8 @@
 #include "dist/watchdog.h"
 
 #include <cmath>
+#include <iterator>
+#include <limits>
 
 #include "tensor/error.h"
 
@@ -41,7 +43,7 @@ void Watchdog::watch(std::string what, std::function<bool()> started,
 
 std::size_t Watchdog::watching() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return operations_.size();
+  return operations_.size() + polling_;
 }
 
 void Watchdog::loop() {
@@ -53,10 +55,16 @@ void Watchdog::loop() {
       wake_.wait_for(lock, poll_, [&] { return stopping_; });
     }
     if (stopping_) return;
-    Clock::time_point now = Clock::now();
-    const Operation* late = nullptr;
-    double ran = 0;
-    std::erase_if(operations_, [&](Operation& op) {
+    // Polled without the lock: a CUDA query (or an event's destruction with the last copy of
+    // a finished operation) may block while the device is in trouble, and watch() must not
+    // wait for it.
+    std::vector<Operation> polling = std::move(operations_);
+    operations_.clear();
+    polling_ = polling.size();
+    const double timeout = timeout_;
+    lock.unlock();
+    const Clock::time_point now = Clock::now();
+    std::erase_if(polling, [&](Operation& op) {
       if (op.finished()) return true;
       if (!op.running && op.started()) {
         op.running = true;
@@ -64,20 +72,29 @@ void Watchdog::loop() {
       }
       return false;
     });
-    for (const Operation& op : operations_) {
+    std::string late;
+    double ran = 0;
+    for (const Operation& op : polling) {
       double seconds = std::chrono::duration<double>(now - op.since).count();
-      if (op.running && seconds > timeout_) {
-        late = &op;
+      if (op.running && seconds > timeout) {
+        late = op.what;
         ran = seconds;
         break;
       }
     }
-    if (late == nullptr) continue;
-    std::string what = late->what;
+    if (!late.empty()) polling.clear();
+    lock.lock();
+    polling_ = 0;
+    if (late.empty()) {
+      // Still running: watched on, before the operations that arrived meanwhile.
+      operations_.insert(operations_.begin(), std::make_move_iterator(polling.begin()),
+                         std::make_move_iterator(polling.end()));
+      continue;
+    }
     fired_ = true;
     operations_.clear();
     lock.unlock();
-    on_timeout_(what, ran);
+    on_timeout_(late, ran);
     lock.lock();
   }
 }

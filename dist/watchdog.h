@@ -5,7 +5,8 @@
 //
 // An operation is watched from when it starts running (started() first returns true), not
 // from when it was queued behind other work, until finished() returns true. Both are called
-// from the watchdog's thread only, and must not throw.
+// from the watchdog's thread only, without its lock held (they may block), and must not
+// throw; they are destroyed there too, once the operation finished.
 #pragma once
 
 #include <chrono>
@@ -59,6 +60,7 @@ class Watchdog {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<Operation> operations_;
+  std::size_t polling_ = 0;  // operations the thread is looking at, outside operations_
   double timeout_;
   bool stopping_ = false;
   bool fired_ = false;

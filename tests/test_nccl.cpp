@@ -135,9 +135,10 @@ TEST_SUITE("gpu") {
     CHECK(worst(relative_error(got, data_of(previous, DType::f32, {64}, 50))) == 0);
   }
 
-  // Rank 1's all_reduce waits behind about 5 s of GPU work; rank 0's starts at once and
-  // cannot finish, so its watchdog must end it after the 1 s timeout. The host calls on both
-  // ranks return at once (NCCL's work is stream-ordered), and then both block in the copy.
+  // Rank 1's all_reduce waits behind about 15 s of GPU work; rank 0's starts at once and
+  // cannot finish, so its watchdog must end it after the 3 s timeout. The host calls on both
+  // ranks return at once (NCCL's work is stream-ordered; the timeout leaves the hosts' argument
+  // agreement seconds to spare), and then both block in the copy.
   TEST_CASE("(child) a stalled all_reduce" * doctest::skip(!stall_child())) {
     Communicator& comm = gpus();
     Tensor t = full({1024}, 1, {DType::f32, my_gpu()});
@@ -151,9 +152,9 @@ TEST_SUITE("gpu") {
     product = matmul(a, product);
     cuda::synchronize(my_gpu().index);
     double once = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    comm.set_timeout(1);
+    comm.set_timeout(3);
     if (comm.rank() == 1) {
-      for (double queued = 0; queued < 5; queued += once) product = matmul(a, product);
+      for (double queued = 0; queued < 15; queued += once) product = matmul(a, product);
     }
     comm.all_reduce(t, ReduceOp::sum);
     Tensor result = to(t, Device::cpu());

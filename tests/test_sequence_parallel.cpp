@@ -202,6 +202,10 @@ TEST_SUITE("dist") {
                        ? counting.elements == 0
                        : counting.elements > 0 && counting.elements <= 2 * dilated_rows * heads * d;
     CHECK(everywhere(!aligned || bounded));
+    // One all-gather per crossing (branch, offset) class, K and V together, started ahead:
+    // w = 96, r = 4 in paper mode has 4 classes (a head each).
+    CHECK(everywhere(comm.size() == 1 || (counting.calls == 4 && counting.async_calls == 4) ||
+                     !aligned));
     CountingCommunicator idle(comm);
     sequence_parallel_attention_forward(q, k, v, {{8}, {1}, DilatedMode::paper, true}, n, idle);
     CHECK(everywhere(!aligned || idle.calls == 0));

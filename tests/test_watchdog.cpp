@@ -58,11 +58,13 @@ bool eventually(F ok) {
 
 TEST_SUITE("dist") {
   TEST_CASE("the watchdog reports, once, an operation that runs past the timeout") {
+    // The fakes outlive the watchdog that reads them.
     Report report;
-    Watchdog dog(recorder(report), 0.01);
-    dog.set_timeout(0.2);
     Fake quick;
     Fake stuck;
+    Fake later;
+    Watchdog dog(recorder(report), 0.01);
+    dog.set_timeout(0.2);
     quick.started = quick.finished = true;
     stuck.started = true;
     auto before = std::chrono::steady_clock::now();
@@ -76,7 +78,6 @@ TEST_SUITE("dist") {
     CHECK(report.seconds <= waited);
     // Reported once: nothing more is watched, and later operations are ignored.
     CHECK(dog.watching() == 0);
-    Fake later;
     later.started = true;
     watch(dog, "later", later);
     CHECK(dog.watching() == 0);
@@ -86,9 +87,9 @@ TEST_SUITE("dist") {
 
   TEST_CASE("the watchdog times an operation from its start, and lets finished ones go") {
     Report report;
+    Fake queued;
     Watchdog dog(recorder(report), 0.01);
     dog.set_timeout(2);
-    Fake queued;
     watch(dog, "queued behind other work", queued);
     // Not started: waiting in the queue for longer than the timeout is no fault.
     std::this_thread::sleep_for(2500ms);
@@ -96,28 +97,59 @@ TEST_SUITE("dist") {
     queued.started = true;
     std::this_thread::sleep_for(50ms);
     queued.finished = true;
-    CHECK(eventually([&] { return dog.watching() == 0; }));
+    REQUIRE(eventually([&] { return dog.watching() == 0; }));
     CHECK(calls(report) == 0);
   }
 
   TEST_CASE("a timeout set later applies to operations already watched") {
     Report report;
+    Fake stuck;
     Watchdog dog(recorder(report), 0.01);
     dog.set_timeout(1e9);
-    Fake stuck;
     stuck.started = true;
     watch(dog, "stuck", stuck);
     std::this_thread::sleep_for(100ms);
     CHECK(calls(report) == 0);
     dog.set_timeout(0.05);
-    CHECK(eventually([&] { return calls(report) == 1; }));
+    REQUIRE(eventually([&] { return calls(report) == 1; }));
     CHECK(report.what == "stuck");
+  }
+
+  TEST_CASE("the watchdog's handler runs without its lock, and a busy watchdog stops at once") {
+    Fake stuck;
+    Fake waiting;
+    std::atomic<std::size_t> seen{99};
+    {
+      Watchdog dog([&](const std::string&, double) { seen = 0; }, 0.01);
+      dog.set_timeout(0.05);
+      stuck.started = true;
+      watch(dog, "stuck", stuck);
+      REQUIRE(eventually([&] { return seen.load() == 0; }));
+    }
+    {
+      // The handler asks the watchdog (its lock would deadlock here).
+      Watchdog* self = nullptr;
+      Watchdog dog([&](const std::string&, double) { seen = self->watching() + 1; }, 0.01);
+      self = &dog;
+      dog.set_timeout(0.05);
+      watch(dog, "stuck", stuck);
+      REQUIRE(eventually([&] { return seen.load() == 1; }));
+    }
+    // Destroyed while it watches an operation that never starts: no wait for it.
+    auto before = std::chrono::steady_clock::now();
+    {
+      Watchdog dog([](const std::string&, double) {}, 0.01);
+      dog.set_timeout(1000);
+      watch(dog, "never starts", waiting);
+      CHECK(dog.watching() == 1);
+    }
+    CHECK(std::chrono::steady_clock::now() - before < 5s);
   }
 
   TEST_CASE("without a timeout the watchdog watches nothing; timeout and poll must be positive") {
     Report report;
-    Watchdog dog(recorder(report), 0.01);
     Fake stuck;
+    Watchdog dog(recorder(report), 0.01);
     stuck.started = true;
     watch(dog, "stuck", stuck);
     CHECK(dog.watching() == 0);

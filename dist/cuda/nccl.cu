@@ -224,9 +224,10 @@ class NcclCommunicator final : public Communicator {
   NcclCommunicator(std::unique_ptr<Communicator> host, int device)
       : host_(std::move(host)),
         device_(device),
-        watchdog_([rank = host_->rank()](const std::string& what,
-                                         double seconds) { stop_on_timeout(rank, what, seconds); },
-                  0.1) {
+        watchdog_(
+            [rank = host_ != nullptr ? host_->rank() : -1](
+                const std::string& what, double seconds) { stop_on_timeout(rank, what, seconds); },
+            0.1) {
     LN_CHECK(host_ != nullptr, "make_nccl_communicator: needs the host communicator");
     LN_CHECK(device >= 0 && device < cuda::device_count(), "make_nccl_communicator: rank ",
              host_->rank(), " asked for cuda:", device, ", but this machine has ",
@@ -285,7 +286,7 @@ class NcclCommunicator final : public Communicator {
           acc = widen ? to(t, DType::f32) : t;
         },
         t, static_cast<std::int64_t>(op));
-    auto done = run("all_reduce", acc, [&] {
+    auto done = run("all_reduce", t, [&] {
       LN_NCCL_CHECK(nccl().all_reduce(acc.raw_data(), acc.raw_data(),
                                       static_cast<std::size_t>(acc.numel()), nccl_type(acc.dtype()),
                                       nccl_op(op), comm_, stream_));
