@@ -292,18 +292,31 @@ void with_key_rows(const Layout& lay, const std::vector<HeadClass>& classes, con
   }
 }
 
-// Adds g, the gradient of the class's compact key rows [work.k0, work.k1) (B, rows, heads,
-// X), to grad (B, local * H, X): rows of other ranks go back to them (a reduce-scatter of
-// the packed layout start_key_rows gathered).
-void add_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, const Tensor& grad,
-                   Communicator& comm) {
+// The gradient of a class's compact key rows [work.k0, work.k1) on its way back to the
+// ranks that hold those rows: for a crossing class a reduce-scatter of the packed layout
+// start_key_rows gathered, started by start_key_grads and added by finish_key_grads, so that
+// it overlaps the next class's computation.
+struct KeyGrads {
+  const HeadClass* c = nullptr;
+  Tensor all;                  // every rank's part, (ranks, most_rows, B, heads, X)
+  Tensor back;                 // this rank's rows summed over the ranks, (most_rows, B, heads, X)
+  std::unique_ptr<Work> work;  // the reduce-scatter in flight
+};
+
+// Adds g, the gradient of the class's key rows (B, rows, heads, X), to grad (B, local * H, X):
+// at once for a class inside slices; for a crossing class it starts the reduce-scatter
+// (every rank, in the same order, rows or not) and finish_key_grads adds the result.
+KeyGrads start_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, const Tensor& grad,
+                         Communicator& comm) {
+  KeyGrads r;
+  r.c = &c;
   std::int64_t mine = c.count(lay.rank);
   std::int64_t x = grad.size(2);
   if (!c.crossing) {
     if (mine > 0) {
       index_add_(grad, 1, c.rows, reshape(g, {lay.batch, mine * c.head_count(), x}), kTrust);
     }
-    return;
+    return r;
   }
   std::int64_t rows = c.most_rows();
   TensorOptions options{g.dtype(), g.device()};
@@ -311,12 +324,21 @@ void add_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g, const
   if (c.packed.defined()) {
     index_add_(all, 0, c.packed, contiguous(permute(g, {1, 0, 2, 3})), kTrust);
   }
-  Tensor back = empty({rows, lay.batch, c.head_count(), x}, options);
-  comm.reduce_scatter(reshape(all, {lay.ranks, rows, lay.batch, c.head_count(), x}), back,
-                      ReduceOp::sum);
+  r.all = reshape(all, {lay.ranks, rows, lay.batch, c.head_count(), x});
+  r.back = empty({rows, lay.batch, c.head_count(), x}, options);
+  r.work = comm.reduce_scatter_async(r.all, r.back, ReduceOp::sum);
+  return r;
+}
+
+void finish_key_grads(const Layout& lay, KeyGrads& r, const Tensor& grad) {
+  if (!r.work) return;
+  r.work->wait();
+  const HeadClass& c = *r.c;
+  std::int64_t mine = c.count(lay.rank);
   if (mine == 0) return;
-  Tensor own = contiguous(permute(narrow(back, 0, 0, mine), {1, 0, 2, 3}));
-  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.head_count(), x}), kTrust);
+  Tensor own = contiguous(permute(narrow(r.back, 0, 0, mine), {1, 0, 2, 3}));
+  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.head_count(), grad.size(2)}),
+             kTrust);
 }
 
 // log(exp(a) + exp(b)), -inf where both are.
@@ -422,6 +444,7 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
   Tensor dq = zeros({lay.batch, lay.local * lay.heads, lay.d}, options);
   // dK and dV side by side, as K and V travel: one reduce-scatter per crossing class.
   Tensor dkv = zeros({lay.batch, lay.local * lay.heads, lay.d + lay.dv}, options);
+  KeyGrads returning;
   with_key_rows(lay, plan.classes, kf, vf, comm, [&](const HeadClass& c, const Tensor& kv) {
     const ClassWork& w = c.work;
     std::int64_t mine = w.qb - w.qa;
@@ -454,8 +477,12 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
     if (mine > 0) {
       index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.head_count(), lay.d}), kTrust);
     }
-    add_key_grads(lay, c, dkvs, dkv, comm);
+    // This class's dK/dV start back while the previous class's arrive.
+    KeyGrads next = start_key_grads(lay, c, dkvs, dkv, comm);
+    finish_key_grads(lay, returning, dkv);
+    returning = std::move(next);
   });
+  finish_key_grads(lay, returning, dkv);
   auto shaped = [&](const Tensor& t, const Tensor& like) {
     return to(reshape(contiguous(t), {lay.batch, lay.local, lay.heads, t.size(2)}), like.dtype());
   };

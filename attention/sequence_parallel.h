@@ -12,8 +12,9 @@
 // travel: K and V in one collective per (branch, offset), started before the previous one
 // computes, so that it overlaps that computation. The branches' outputs merge into one
 // softmax as in dilated attention. The backward pass computes dK and dV of every key row a
-// rank's queries saw and reduce-scatters them back to their owners (one collective for both);
-// it gathers the packed rows again instead of keeping them. Memory per rank: the slice plus,
+// rank's queries saw and reduce-scatters them back to their owners (one collective for both,
+// overlapping the next class's computation); it gathers the packed rows again instead of
+// keeping them. Memory per rank: the slice plus,
 // for two (branch, offset) classes at a time, every rank's packed rows (about n / r rows per
 // head using them).
 //

@@ -22,7 +22,8 @@
 //   others waiting until the communicator's timeout (set_timeout; none by default), when
 //   their calls throw. NCCL's operations run in stream order with no host wait to throw
 //   from: one that runs past the timeout makes its watchdog end the process (dist/watchdog.h).
-// - The *_async calls start a collective and return a Work to wait on later. They check
+// - The *_async calls (all_reduce, all_gather, reduce_scatter) start a collective and return a Work
+// to wait on later. They check
 //   and agree on their arguments when they start, exactly as the blocking calls do (the
 //   MPI backend gathers every rank's arguments there: a small blocking all-gather, so every
 //   rank must reach the call; a mismatch throws at the call on every rank, before any data
@@ -88,6 +89,9 @@ class Communicator {
   // out = op over ranks of every rank's in[rank]: in has shape [size, out.shape...] and
   // out's dtype; in and out must not overlap. The inverse layout of all_gather.
   virtual void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) = 0;
+  // reduce_scatter, started: the result is in out once the Work's wait() returns.
+  virtual std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, const Tensor& out,
+                                                     ReduceOp op) = 0;
 
   // t = root's t on every rank; root is in [0, size).
   virtual void broadcast(const Tensor& t, int root) = 0;

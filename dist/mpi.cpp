@@ -295,6 +295,11 @@ class MpiCommunicator final : public Communicator {
   }
 
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
+    reduce_scatter_async(in, out, op)->wait();
+  }
+
+  std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, const Tensor& out,
+                                             ReduceOp op) override {
     agree(
         "reduce_scatter",
         [&] {
@@ -310,8 +315,10 @@ class MpiCommunicator final : public Communicator {
     LN_MPI_CHECK(MPI_Ireduce_scatter_block(src.raw_data(), acc.raw_data(),
                                            static_cast<int>(acc.numel()), mpi_type(acc.dtype()),
                                            mpi_op(op), comm_, &request));
-    wait(request, "reduce_scatter", std::make_shared<std::vector<Tensor>>(std::vector{src, acc}));
-    finish_reduction(acc, out, op, size_);
+    int size = size_;
+    return std::make_unique<MpiWork>(
+        "reduce_scatter", request, std::vector<Tensor>{src, acc}, timeout(), rank_,
+        [acc, out, op, size] { finish_reduction(acc, out, op, size); });
   }
 
   void broadcast(const Tensor& t, int root) override {

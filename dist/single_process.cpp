@@ -43,6 +43,13 @@ void SingleProcessCommunicator::reduce_scatter(const Tensor& in, const Tensor& o
   copy_(out, reshape(in, out.shape()));
 }
 
+std::unique_ptr<Work> SingleProcessCommunicator::reduce_scatter_async(const Tensor& in,
+                                                                      const Tensor& out,
+                                                                      ReduceOp op) {
+  reduce_scatter(in, out, op);
+  return std::make_unique<FinishedWork>();
+}
+
 void SingleProcessCommunicator::broadcast(const Tensor& t, int root) {
   check_broadcast(t, root, 1);
 }

@@ -20,6 +20,8 @@ class SingleProcessCommunicator final : public Communicator {
   void all_gather(const Tensor& in, const Tensor& out) override;
   std::unique_ptr<Work> all_gather_async(const Tensor& in, const Tensor& out) override;
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override;
+  std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, const Tensor& out,
+                                             ReduceOp op) override;
   void broadcast(const Tensor& t, int root) override;
   void send(const Tensor& t, int dst, int tag) override;
   void recv(const Tensor& t, int src, int tag) override;

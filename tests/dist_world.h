@@ -164,6 +164,13 @@ class CountingCommunicator final : public Communicator {
     elements += in.numel();
     inner_.reduce_scatter(in, out, op);
   }
+  std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, const Tensor& out,
+                                             ReduceOp op) override {
+    ++calls;
+    ++async_calls;
+    elements += in.numel();
+    return inner_.reduce_scatter_async(in, out, op);
+  }
   void broadcast(const Tensor& t, int root) override {
     ++calls;
     elements += t.numel();

@@ -587,7 +587,9 @@ TEST_SUITE("dist") {
   }
 #endif
 
-  TEST_CASE("async all_reduce and all_gather give the blocking results, several in flight") {
+  TEST_CASE(
+      "async all_reduce, all_gather and reduce_scatter give the blocking results, several in "
+      "flight") {
     Communicator& comm = world();
     int p = comm.size();
     Tensor sum = data_of(comm.rank(), DType::f32, {30001}, 60);
@@ -598,6 +600,9 @@ TEST_SUITE("dist") {
     auto avg_work = comm.all_reduce_async(avg, ReduceOp::avg);
     auto gather_work =
         comm.all_gather_async(data_of(comm.rank(), DType::f64, {3, 4}, 63), gathered);
+    Tensor scattered = full({6}, std::nan(""), {DType::bf16});  // poisoned
+    auto scatter_work = comm.reduce_scatter_async(data_of(comm.rank(), DType::bf16, {p, 6}, 65),
+                                                  scattered, ReduceOp::avg);
     Tensor blocking = data_of(comm.rank(), DType::i64, {5}, 64);
     comm.all_reduce(blocking, ReduceOp::sum);  // a blocking call while others are in flight
     auto max_work = comm.all_reduce_async(max, ReduceOp::max);
@@ -607,6 +612,12 @@ TEST_SUITE("dist") {
     }
     avg_work->wait();  // returns at once after test() said done
     sum_work->wait();
+    scatter_work->wait();
+    Expected whole = reduction(ReduceOp::avg, DType::bf16, {p, 6}, 65, p);
+    auto begin = static_cast<std::ptrdiff_t>(comm.rank()) * 6;
+    Expected piece{{whole.value.begin() + begin, whole.value.begin() + begin + 6},
+                   {whole.bound.begin() + begin, whole.bound.begin() + begin + 6}};
+    CHECK(worst(excess(scattered, piece)) <= 0);
     CHECK(worst(excess(sum, reduction(ReduceOp::sum, DType::f32, {30001}, 60, p))) <= 0);
     CHECK(worst(excess(avg, reduction(ReduceOp::avg, DType::bf16, {7, 5}, 61, p))) <= 0);
     CHECK(worst(excess(max, reduction(ReduceOp::max, DType::f64, {9}, 62, p))) <= 0);

@@ -78,7 +78,7 @@ TEST_SUITE("gpu") {
     }
   }
 
-  TEST_CASE("nccl all_gather (in place too), reduce_scatter and broadcast" *
+  TEST_CASE("nccl all_gather (in place too), reduce_scatter (sync and async) and broadcast" *
             doctest::skip(too_few_gpus())) {
     Communicator& comm = gpus();
     int p = comm.size();
@@ -110,6 +110,20 @@ TEST_SUITE("gpu") {
     testing::Expected mine{{whole.value.begin() + begin, whole.value.begin() + begin + 15},
                            {whole.bound.begin() + begin, whole.bound.begin() + begin + 15}};
     CHECK(worst(excess(scattered, mine)) <= 0);
+
+    // Started with a temporary input (the work keeps it), bf16 through f32, while the
+    // allocator hands out memory again.
+    Tensor scattered_bf16 = testing::poisoned(piece, {DType::bf16, my_gpu()});
+    auto work =
+        comm.reduce_scatter_async(to(data_of(comm.rank(), DType::bf16, {p, 5, 3}, 44), my_gpu()),
+                                  scattered_bf16, ReduceOp::avg);
+    Tensor reuse = full({p, 5, 3}, 7, {DType::bf16, my_gpu()});
+    work->wait();
+    auto whole_bf16 = reduction(ReduceOp::avg, DType::bf16, {p, 5, 3}, 44, p);
+    testing::Expected mine_bf16{
+        {whole_bf16.value.begin() + begin, whole_bf16.value.begin() + begin + 15},
+        {whole_bf16.bound.begin() + begin, whole_bf16.bound.begin() + begin + 15}};
+    CHECK(worst(excess(scattered_bf16, mine_bf16)) <= 0);
 
     Tensor b = to(data_of(comm.rank(), DType::i64, piece, 43), my_gpu());
     comm.broadcast(b, p - 1);

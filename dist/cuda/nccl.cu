@@ -323,6 +323,14 @@ class NcclCommunicator final : public Communicator {
     if (in.device().is_cpu() && out.device().is_cpu()) {
       return host_->reduce_scatter(in, out, op);
     }
+    reduce_scatter_async(in, out, op)->wait();
+  }
+
+  std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, const Tensor& out,
+                                             ReduceOp op) override {
+    if (in.device().is_cpu() && out.device().is_cpu()) {
+      return host_->reduce_scatter_async(in, out, op);
+    }
     bool widen = in.dtype() == DType::bf16;
     Tensor src;
     Tensor acc;
@@ -339,9 +347,11 @@ class NcclCommunicator final : public Communicator {
                                           static_cast<std::size_t>(acc.numel()),
                                           nccl_type(acc.dtype()), nccl_op(op), comm_, stream_));
     });
-    NcclWork(device_, std::move(done), [&] {
+    // Holds src and acc until the operation ended on the device's stream.
+    std::function<void()> finish = [src, acc, out, widen] {
       if (widen) copy_(out, acc);
-    }).wait();
+    };
+    return std::make_unique<NcclWork>(device_, std::move(done), finish);
   }
 
   void broadcast(const Tensor& t, int root) override {
