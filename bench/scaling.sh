@@ -9,8 +9,10 @@
 #    each P of RANKS (default "2"; "2 4 8" on an 8-GPU node), the efficiency
 #    tokens/s(P) / (P x tokens/s(1)), and the gradient bytes sent per step, for each
 #    compression in COMPRESSIONS ("none topk powersgd").
-# 2. Sequence parallel: the longest sequence of SP_SEQS (default 1048576 2097152 4194304)
-#    whose training step fits, on 1 rank and on each P, with recompute and ffn_chunk 131072.
+# 2. Sequence parallel: the longest sequence of SP_SEQS (default 1M, 1.5M, 2M, 3M and 4M
+#    tokens: the double of each up to 2M is there too, so "twice the 1-GPU maximum" can be
+#    read off; each a multiple of 32768 x P for P = 2, so no segment crosses a slice) whose
+#    training step fits, on 1 rank and on each P, with recompute and ffn_chunk 131072.
 #
 # Environment: DEVICE (cuda), STEPS (3), WARMUP (1), MPIRUN (mpirun), LAYERS (12), D_MODEL
 # (768), HEADS (12), D_FF (3072), SEGMENTS ("2048, 4096, 8192, 16384, 32768"), RATES
@@ -33,7 +35,7 @@ read -ra rank_counts <<<"${RANKS:-2}"
 steps=${STEPS:-3}
 warmup=${WARMUP:-1}
 read -ra compressions <<<"${COMPRESSIONS:-none topk powersgd}"
-read -ra sp_seqs <<<"${SP_SEQS:-1048576 2097152 4194304}"
+read -ra sp_seqs <<<"${SP_SEQS:-1048576 1572864 2097152 3145728 4194304}"
 mpirun=(${MPIRUN:-mpirun} --oversubscribe -x NCCL_NVLS_ENABLE=0)
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
