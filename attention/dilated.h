@@ -38,13 +38,19 @@ struct DilatedAttentionConfig {
   void validate() const;
 };
 
+// The dtype of the forward's out and of the backward's gradients: the inputs' (the default),
+// or the one attention computes in (f32 for bf16 inputs), for a caller that combines several
+// calls' results and rounds once (sequence-parallel attention).
+enum class ResultDtype { input, compute };
+
 struct AttentionOutput {
-  Tensor out;  // (B, Nq, H, Dv), q's dtype
+  Tensor out;  // (B, Nq, H, Dv), q's dtype (or the compute dtype)
   Tensor lse;  // (B, H, Nq) f32 (f64 for f64 inputs): log of each softmax denominator
 };
 
 AttentionOutput dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                          const DilatedAttentionConfig& config);
+                                          const DilatedAttentionConfig& config,
+                                          ResultDtype result = ResultDtype::input);
 
 struct AttentionGrads {
   Tensor dq;
@@ -55,7 +61,8 @@ struct AttentionGrads {
 // Gradients from the forward's out and lse (DESIGN.md section 5, "Backward").
 AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                           const Tensor& out, const Tensor& lse, const Tensor& dout,
-                                          const DilatedAttentionConfig& config);
+                                          const DilatedAttentionConfig& config,
+                                          ResultDtype result = ResultDtype::input);
 
 // The differentiable op.
 Variable dilated_attention(const Variable& q, const Variable& k, const Variable& v,

@@ -390,11 +390,12 @@ AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& confi
     Tensor out = zeros({lay.batch, w.qb - w.qa, c.head_count(), lay.dv}, options);
     Tensor lse = full({lay.batch, c.head_count(), w.qb - w.qa}, -kInf, options);
     for (const Piece& p : w.pieces) {
+      // Each piece stays in the compute dtype: the result is rounded once, at the end.
       AttentionOutput o =
           dilated_attention_forward(part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
-                                    part(vs, 1, w.k0, p.k0, p.k1), p.config);
+                                    part(vs, 1, w.k0, p.k0, p.k1), p.config, ResultDtype::compute);
       merge_into(narrow(out, 1, p.q0 - w.qa, p.q1 - p.q0), narrow(lse, 2, p.q0 - w.qa, p.q1 - p.q0),
-                 to(o.out, ct), o.lse);
+                 o.out, o.lse);
     }
     parts.push_back({out, lse});
   });
@@ -466,13 +467,14 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
     Tensor dks = narrow(dkvs, 3, 0, lay.d);
     Tensor dvs = narrow(dkvs, 3, lay.d, lay.dv);
     for (const Piece& p : w.pieces) {
-      AttentionGrads pg = dilated_attention_backward(
-          part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
-          part(vs, 1, w.k0, p.k0, p.k1), part(os, 1, w.qa, p.q0, p.q1),
-          part(ls, 2, w.qa, p.q0, p.q1), part(gs, 1, w.qa, p.q0, p.q1), p.config);
-      add_(narrow(dqs, 1, p.q0 - w.qa, p.q1 - p.q0), to(pg.dq, ct));
-      add_(narrow(dks, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dk, ct));
-      add_(narrow(dvs, 1, p.k0 - w.k0, p.k1 - p.k0), to(pg.dv, ct));
+      AttentionGrads pg =
+          dilated_attention_backward(part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
+                                     part(vs, 1, w.k0, p.k0, p.k1), part(os, 1, w.qa, p.q0, p.q1),
+                                     part(ls, 2, w.qa, p.q0, p.q1), part(gs, 1, w.qa, p.q0, p.q1),
+                                     p.config, ResultDtype::compute);
+      add_(narrow(dqs, 1, p.q0 - w.qa, p.q1 - p.q0), pg.dq);
+      add_(narrow(dks, 1, p.k0 - w.k0, p.k1 - p.k0), pg.dk);
+      add_(narrow(dvs, 1, p.k0 - w.k0, p.k1 - p.k0), pg.dv);
     }
     if (mine > 0) {
       index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.head_count(), lay.d}), kTrust);

@@ -18,6 +18,11 @@
 // for two (branch, offset) classes at a time, every rank's packed rows (about n / r rows per
 // head using them).
 //
+// In bf16 the attention calls of a crossing class keep their outputs and gradients in f32
+// (ResultDtype::compute), so the result is rounded once, as on one device; left is grouped
+// mode's backward when its branch count is not a power of two, whose inputs out / s and s dout
+// (s = 1 / branch count) are rounded to bf16 once more.
+//
 // When no segment crosses a slice boundary (every slice starts at a segment start of every
 // branch), each rank's part is plain dilated attention over its own rows and nothing
 // travels. Both cases run on any device dilated attention runs on: the crossing case is

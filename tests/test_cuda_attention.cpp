@@ -265,6 +265,46 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE("bf16 results kept in f32 round to the bf16 results, on tensor cores and off") {
+    // Tensor cores (D 64) and CUDA cores (D 48); one branch, and paper mode's merged branches.
+    for (std::int64_t d : {64, 48}) {
+      Inputs in = draw(self_attention(1, 300, 4, d), DType::bf16, 495 + d);
+      for (const DilatedAttentionConfig& c :
+           {DilatedAttentionConfig{{128}, {1}, DilatedMode::paper, true},
+            DilatedAttentionConfig{{64, 300}, {1, 3}, DilatedMode::paper, true}}) {
+        CAPTURE(d);
+        CAPTURE(c.segment_lengths.size());
+        Tensor q = to(in.q, kGpu);
+        Tensor k = to(in.k, kGpu);
+        Tensor v = to(in.v, kGpu);
+        Tensor dout = to(in.dout, kGpu);
+        auto bits = [](const Tensor& t) {
+          return to(to(t, Device::cpu()), DType::f64).to_vector<double>();
+        };
+        AttentionOutput rounded = dilated_attention_forward(q, k, v, c);
+        AttentionOutput kept = dilated_attention_forward(q, k, v, c, ResultDtype::compute);
+        REQUIRE(kept.out.dtype() == DType::f32);
+        CHECK(bits(to(kept.out, DType::bf16)) == bits(rounded.out));
+        CHECK(bits(kept.lse) == bits(rounded.lse));
+        AttentionGrads g = dilated_attention_backward(q, k, v, rounded.out, rounded.lse, dout, c);
+        AttentionGrads gf = dilated_attention_backward(q, k, v, rounded.out, rounded.lse, dout, c,
+                                                       ResultDtype::compute);
+        REQUIRE(gf.dq.dtype() == DType::f32);
+        REQUIRE(gf.dk.dtype() == DType::f32);
+        // dq (and off tensor cores dk and dv) are summed by atomics in no fixed order: equal
+        // up to rounding there.
+        if (d == 64) {
+          CHECK(bits(to(gf.dk, DType::bf16)) == bits(g.dk));
+          CHECK(bits(to(gf.dv, DType::bf16)) == bits(g.dv));
+        } else {
+          CHECK(relative_error(gf.dk, g.dk) < testing::kGpuBf16);
+          CHECK(relative_error(gf.dv, g.dv) < testing::kGpuBf16);
+        }
+        CHECK(relative_error(gf.dq, g.dq) < testing::kGpuBf16);
+      }
+    }
+  }
+
   TEST_CASE("strided q, k and v are read in place") {
     Generator gen(500);
     DilatedAttentionConfig c{{16, 48}, {1, 3}, DilatedMode::paper, true};

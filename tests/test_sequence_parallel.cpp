@@ -102,6 +102,53 @@ TEST_SUITE("dist") {
     }
   }
 
+  TEST_CASE("in bf16, sequence-parallel attention rounds once, as whole-sequence attention does") {
+    // Each piece's output and gradients stay in f32 until the result is rounded: then nearly
+    // every element has the whole-sequence result's bits (the f32 sums differ in order only).
+    // Rounding each piece to bf16 first changes a large share of them by an ulp.
+    Communicator& comm = world();
+    for (const Case& c : cases()) {
+      INFO(std::string(c.name));
+      Generator gen(78);
+      const Sizes& z = c.sizes;
+      auto draw = [&](std::int64_t x) {
+        return to(randn({z.batch, z.n, z.heads, x}, gen), DType::bf16);
+      };
+      Tensor q = draw(z.d);
+      Tensor k = draw(z.d);
+      Tensor v = draw(z.dv);
+      Tensor dout = draw(z.dv);
+      AttentionOutput want = dilated_attention_forward(q, k, v, c.config);
+      AttentionGrads want_grads =
+          dilated_attention_backward(q, k, v, want.out, want.lse, dout, c.config);
+      SequenceSlice mine = sequence_slice(z.n, comm.rank(), comm.size());
+      Tensor ql = rows(q, 1, mine);
+      Tensor kl = rows(k, 1, mine);
+      Tensor vl = rows(v, 1, mine);
+      AttentionOutput got = sequence_parallel_attention_forward(ql, kl, vl, c.config, z.n, comm);
+      // The whole-sequence out, so that the gradients compare the backward alone.
+      Tensor out = rows(want.out, 1, mine);
+      AttentionGrads grads = sequence_parallel_attention_backward(
+          ql, kl, vl, out, rows(want.lse, 2, mine), rows(dout, 1, mine), c.config, z.n, comm);
+      // The share of elements whose bits differ.
+      auto differing = [](const Tensor& a, const Tensor& b) {
+        std::vector<float> x = to(a, DType::f32).to_vector<float>();
+        std::vector<float> y = to(b, DType::f32).to_vector<float>();
+        std::size_t n = 0;
+        for (std::size_t i = 0; i < x.size(); ++i) n += x[i] != y[i] ? 1 : 0;
+        return x.empty() ? 0.0 : static_cast<double>(n) / static_cast<double>(x.size());
+      };
+      CHECK(worst(differing(got.out, out)) < 0.01);
+      // Grouped mode scales a branch by 1 / (branch count): the backward's inputs out / s and
+      // s dout are rounded to bf16 once more unless that is a power of two (3 branches here).
+      auto m = static_cast<std::int64_t>(c.config.segment_lengths.size());
+      if (c.config.mode == DilatedMode::grouped && (m & (m - 1)) != 0) continue;
+      CHECK(worst(differing(grads.dq, rows(want_grads.dq, 1, mine))) < 0.01);
+      CHECK(worst(differing(grads.dk, rows(want_grads.dk, 1, mine))) < 0.01);
+      CHECK(worst(differing(grads.dv, rows(want_grads.dv, 1, mine))) < 0.01);
+    }
+  }
+
   TEST_CASE("the sequence-parallel op's gradients reach q, k and v") {
     Communicator& comm = world();
     DilatedAttentionConfig config{{4, 16}, {1, 4}, DilatedMode::paper, true};

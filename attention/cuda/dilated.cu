@@ -592,9 +592,9 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
   const bool merged = launches.size() > 1 && config.mode == DilatedMode::paper;
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);
-    // Merging branches needs f32 partial outputs: out itself for f32, a scratch for bf16.
+    // Merging branches needs f32 partial outputs: out itself when it is f32, else a scratch.
     Tensor acc =
-        merged && q.dtype() != DType::f32 ? empty(out.shape(), {DType::f32, out.device()}) : out;
+        merged && out.dtype() != DType::f32 ? empty(out.shape(), {DType::f32, out.device()}) : out;
     // Positions no branch selects keep out = 0 and lse = -inf.
     zero(acc, stream);
     fill_value(static_cast<float*>(lse.raw_data()), -kInf, lse.numel(), stream);
@@ -635,10 +635,10 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
   const std::vector<Launch> launches = plan(config, p, mma ? kMmaKeyTile : kTile);
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);
-    // Gradients accumulate in f32: the outputs themselves for f32, scratch for bf16. The
-    // tensor-core kernels write dk and dv in place when each key of each head is in one block
-    // of the whole backward (grouped mode, or one branch).
-    const bool direct = q.dtype() == DType::f32;
+    // Gradients accumulate in f32: the outputs themselves when they are f32, else scratch.
+    // The tensor-core kernels write dk and dv in place when each key of each head is in one
+    // block of the whole backward (grouped mode, or one branch).
+    const bool direct = dq.dtype() == DType::f32;
     const bool keys_once = mma && (config.mode == DilatedMode::grouped || launches.size() == 1);
     auto accumulator = [&](const Tensor& t, bool in_place) {
       Tensor a = in_place ? t : empty(t.shape(), {DType::f32, t.device()});

@@ -26,8 +26,8 @@ constexpr std::int64_t kMaxAttentionHeadDim = 128;
 
 // q (B, Nq, H, D), k (B, Nk, H, D), v (B, Nk, H, Dv): one CUDA device, one dtype (f32 or
 // bf16), any strides whose last is 1; D, Dv <= kMaxAttentionHeadDim. Fills out
-// (B, Nq, H, Dv), contiguous, q's dtype, and lse (B, H, Nq), contiguous f32 (-inf where no
-// branch selects the query). scale multiplies q.k.
+// (B, Nq, H, Dv), contiguous, q's dtype or f32 (rounded once, at the end), and lse
+// (B, H, Nq), contiguous f32 (-inf where no branch selects the query). scale multiplies q.k.
 void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                const DilatedAttentionConfig& config, double scale,
                                const Tensor& out, const Tensor& lse);
@@ -37,7 +37,8 @@ bool dilated_attention_on_tensor_cores(const Tensor& q, const Tensor& k, const T
                                        const Tensor& dout = Tensor());
 
 // From the forward's out and lse and the output gradient dout (q's dtype and shape of out,
-// last stride 1), fills dq, dk and dv: contiguous, the shapes and dtype of q, k and v.
+// last stride 1), fills dq, dk and dv: contiguous, the shapes of q, k and v, all three in
+// the inputs' dtype or all three f32.
 void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& out, const Tensor& lse, const Tensor& dout,
                                 const DilatedAttentionConfig& config, double scale,
