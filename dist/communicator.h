@@ -22,13 +22,13 @@
 //   others waiting until the communicator's timeout (set_timeout; none by default), when
 //   their calls throw. NCCL's operations run in stream order with no host wait to throw
 //   from: one that runs past the timeout makes its watchdog end the process (dist/watchdog.h).
-// - The *_async calls (all_reduce, all_gather, reduce_scatter) start a collective and return a Work
-// to wait on later. They check
-//   and agree on their arguments when they start, exactly as the blocking calls do (the
-//   MPI backend gathers every rank's arguments there: a small blocking all-gather, so every
-//   rank must reach the call; a mismatch throws at the call on every rank, before any data
-//   moves); then the data move in the background. Any number may be in flight, together
-//   with blocking calls: every rank starts collectives in the same order, whichever kind.
+// - The *_async calls (all_reduce, all_gather, reduce_scatter) start a collective and return
+//   a Work to wait on later. They check and agree on their arguments when they start,
+//   exactly as the blocking calls do (the MPI backend gathers every rank's arguments there:
+//   a small blocking all-gather, so every rank must reach the call; a mismatch throws at the
+//   call on every rank, before any data moves); then the data move in the background. Any
+//   number may be in flight, together with blocking calls: every rank starts collectives in
+//   the same order, whichever kind.
 // - One thread at a time may use a communicator.
 #pragma once
 
