@@ -160,17 +160,21 @@ Geometry check_cuda_inputs(const Tensor& q, const Tensor& k, const Tensor& v, co
   return g;
 }
 
+// The dtype a result of inputs of dtype `input` takes.
+DType result_dtype(ResultDtype result, DType input) {
+  return result == ResultDtype::input ? input : cpu::attention_compute_dtype(input);
+}
+
 }  // namespace
 
 AttentionOutput dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                           const DilatedAttentionConfig& config,
                                           ResultDtype result) {
   config.validate();
-  DType result_dtype =
-      result == ResultDtype::input ? q.dtype() : cpu::attention_compute_dtype(q.dtype());
+  DType out_dtype = result_dtype(result, q.dtype());
   if (q.device().is_cuda()) {
     Geometry g = check_cuda_inputs(q, k, v, "dilated_attention");
-    Tensor out = empty({g.batch, g.nq, g.heads, g.dv}, {result_dtype, q.device()});
+    Tensor out = empty({g.batch, g.nq, g.heads, g.dv}, {out_dtype, q.device()});
     Tensor lse = empty({g.batch, g.heads, g.nq}, {DType::f32, q.device()});
     cuda::dilated_attention_forward(q, k, v, config, cpu::attention_scale(config.scale, g.d), out,
                                     lse);
@@ -192,7 +196,7 @@ AttentionOutput dilated_attention_forward(const Tensor& q, const Tensor& k, cons
     forward_kernel<float>(qc.data<float>(), kc.data<float>(), vc.data<float>(), out.data<float>(),
                           lse.data<float>(), g, plans, static_cast<float>(scale), config.causal);
   }
-  return {to(out, result_dtype), lse};
+  return {to(out, out_dtype), lse};
 }
 
 AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
@@ -201,9 +205,7 @@ AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, cons
                                           ResultDtype result) {
   config.validate();
   bool on_cuda = q.device().is_cuda();
-  auto result_dtype = [&](const Tensor& t) {
-    return result == ResultDtype::input ? t.dtype() : cpu::attention_compute_dtype(t.dtype());
-  };
+  DType grad_dtype = result_dtype(result, q.dtype());  // q, k and v share a dtype (checked)
   Geometry g = on_cuda ? check_cuda_inputs(q, k, v, "dilated_attention_backward")
                        : cpu::check_attention_inputs(q, k, v, "dilated_attention_backward");
   LN_CHECK(out.shape() == Shape({g.batch, g.nq, g.heads, g.dv}) && dout.shape() == out.shape() &&
@@ -220,9 +222,9 @@ AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, cons
     LN_CHECK((out.stride(3) == 1 || g.dv == 1) && (dout.stride(3) == 1 || g.dv == 1), op,
              ": on cuda the head dim of out and dout must be contiguous, got strides ",
              str(out.strides()), " and ", str(dout.strides()));
-    AttentionGrads grads{empty(q.shape(), {result_dtype(q), q.device()}),
-                         empty(k.shape(), {result_dtype(k), k.device()}),
-                         empty(v.shape(), {result_dtype(v), v.device()})};
+    AttentionGrads grads{empty(q.shape(), {grad_dtype, q.device()}),
+                         empty(k.shape(), {grad_dtype, k.device()}),
+                         empty(v.shape(), {grad_dtype, v.device()})};
     cuda::dilated_attention_backward(q, k, v, out, lse, dout, config,
                                      cpu::attention_scale(config.scale, g.d), grads.dq, grads.dk,
                                      grads.dv);
@@ -249,8 +251,7 @@ AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, cons
                            grads.dk.data<float>(), grads.dv.data<float>(), g, plans,
                            static_cast<float>(scale), config.causal);
   }
-  return {to(grads.dq, result_dtype(q)), to(grads.dk, result_dtype(k)),
-          to(grads.dv, result_dtype(v))};
+  return {to(grads.dq, grad_dtype), to(grads.dk, grad_dtype), to(grads.dv, grad_dtype)};
 }
 
 Variable dilated_attention(const Variable& q, const Variable& k, const Variable& v,

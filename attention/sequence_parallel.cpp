@@ -225,70 +225,83 @@ Tensor rows_of(const Layout& lay, const HeadClass& c, const Tensor& flat) {
                  {lay.batch, c.count(lay.rank), c.head_count(), flat.size(2)});
 }
 
+// The inverse of rows_of: adds t (B, count, heads, X) into flat (B, local * H, X) at this
+// rank's rows of the class.
+void add_rows_of(const Layout& lay, const HeadClass& c, const Tensor& t, const Tensor& flat) {
+  std::int64_t mine = c.count(lay.rank);
+  if (mine == 0) return;
+  index_add_(flat, 1, c.rows, reshape(t, {lay.batch, mine * c.head_count(), flat.size(2)}), kTrust);
+}
+
 // Rows [from, to) of dim dim of t, relative to t's first row `origin`, contiguous.
 Tensor part(const Tensor& t, std::int64_t dim, std::int64_t origin, std::int64_t from,
             std::int64_t to) {
   return contiguous(narrow(t, dim, from - origin, to - from));
 }
 
-// The compact key rows [k0, k1) = [work.k0, work.k1) of a class, on their way: K and V side
-// by side, (B, rows, heads, D + Dv). For a class inside slices they are this rank's own
-// rows; for a crossing class every rank's rows are all-gathered (only the selected rows
-// travel), started by start_key_rows so that the gather runs while the previous class
-// computes, and picked by finish_key_rows.
+// The compact key rows [k0, k1) = [work.k0, work.k1) of a class, K (B, rows, heads, D) and
+// V (B, rows, heads, Dv), on their way. For a class inside slices they are this rank's own
+// rows; for a crossing class every rank's rows are all-gathered, K and V side by side (only
+// the selected rows travel), started by start_key_rows so that the gather runs while the
+// previous class computes, and picked by finish_key_rows.
 struct KeyRows {
-  Tensor local;                // a class inside slices: the rows themselves
+  Tensor k, v;                 // the rows, once there
   Tensor send;                 // a crossing class: this rank's rows, padded to most_rows
   Tensor all;                  // and every rank's, (ranks, most_rows, B, heads, D + Dv)
   std::unique_ptr<Work> work;  // the all-gather in flight
 };
 
-// kv: this rank's rows of the class (B, count, heads, D + Dv). A crossing class takes part
-// in the collective even when this rank has no rows of it; every rank starts the classes'
-// gathers in the same order.
-KeyRows start_key_rows(const Layout& lay, const HeadClass& c, const Tensor& kv,
+// From flat K and V (flat_rows). A crossing class takes part in the collective even when
+// this rank has no rows of it; every rank starts the classes' gathers in the same order.
+KeyRows start_key_rows(const Layout& lay, const HeadClass& c, const Tensor& kf, const Tensor& vf,
                        Communicator& comm) {
   KeyRows g;
+  Tensor ks = rows_of(lay, c, kf);
+  Tensor vs = rows_of(lay, c, vf);
   if (!c.crossing) {
-    g.local = narrow(kv, 1, c.work.k0 - c.starts[lay.rank], c.work.k1 - c.work.k0);
+    std::int64_t from = c.work.k0 - c.starts[lay.rank];
+    g.k = narrow(ks, 1, from, c.work.k1 - c.work.k0);
+    g.v = narrow(vs, 1, from, c.work.k1 - c.work.k0);
     return g;
   }
   std::int64_t rows = c.most_rows();
-  TensorOptions options{kv.dtype(), kv.device()};
-  g.send = zeros({rows, lay.batch, c.head_count(), kv.size(3)}, options);
-  copy_(narrow(g.send, 0, 0, kv.size(1)), permute(kv, {1, 0, 2, 3}));
-  g.all = empty({lay.ranks, rows, lay.batch, c.head_count(), kv.size(3)}, options);
+  TensorOptions options{ks.dtype(), ks.device()};
+  g.send = zeros({rows, lay.batch, c.head_count(), lay.d + lay.dv}, options);
+  Tensor mine = narrow(g.send, 0, 0, ks.size(1));
+  copy_(narrow(mine, 3, 0, lay.d), permute(ks, {1, 0, 2, 3}));
+  copy_(narrow(mine, 3, lay.d, lay.dv), permute(vs, {1, 0, 2, 3}));
+  g.all = empty({lay.ranks, rows, lay.batch, c.head_count(), lay.d + lay.dv}, options);
   g.work = comm.all_gather_async(g.send, g.all);
   return g;
 }
 
-Tensor finish_key_rows(const Layout& lay, const HeadClass& c, KeyRows& g) {
-  if (!c.crossing) return g.local;
+void finish_key_rows(const Layout& lay, const HeadClass& c, KeyRows& g) {
+  if (!c.crossing) return;
   g.work->wait();
-  std::int64_t x = g.all.size(4);
-  if (c.work.k0 == c.work.k1) {
-    return empty({lay.batch, 0, c.head_count(), x}, {g.all.dtype(), g.all.device()});
+  std::int64_t x = lay.d + lay.dv;
+  Tensor kv = empty({lay.batch, 0, c.head_count(), x}, {g.all.dtype(), g.all.device()});
+  if (c.work.k0 < c.work.k1) {
+    Tensor picked =
+        index_select(reshape(g.all, {lay.ranks * c.most_rows(), lay.batch, c.head_count(), x}), 0,
+                     c.packed, kTrust);
+    kv = contiguous(permute(picked, {1, 0, 2, 3}));
   }
-  Tensor picked =
-      index_select(reshape(g.all, {lay.ranks * c.most_rows(), lay.batch, c.head_count(), x}), 0,
-                   c.packed, kTrust);
-  return contiguous(permute(picked, {1, 0, 2, 3}));
+  g.k = narrow(kv, 3, 0, lay.d);
+  g.v = narrow(kv, 3, lay.d, lay.dv);
 }
 
-// Runs step(c, key rows of c) over the classes in order, each class's gather started before
+// Runs step(c, K rows, V rows) over the classes in order, each class's gather started before
 // the class before it computes.
 template <class Step>
 void with_key_rows(const Layout& lay, const std::vector<HeadClass>& classes, const Tensor& kf,
                    const Tensor& vf, Communicator& comm, Step step) {
-  auto start = [&](const HeadClass& c) {
-    return start_key_rows(lay, c, concat({rows_of(lay, c, kf), rows_of(lay, c, vf)}, 3), comm);
-  };
   KeyRows next;
-  if (!classes.empty()) next = start(classes.front());
+  if (!classes.empty()) next = start_key_rows(lay, classes.front(), kf, vf, comm);
   for (std::size_t i = 0; i < classes.size(); ++i) {
     KeyRows now = std::move(next);
-    if (i + 1 < classes.size()) next = start(classes[i + 1]);
-    step(classes[i], finish_key_rows(lay, classes[i], now));
+    if (i + 1 < classes.size()) next = start_key_rows(lay, classes[i + 1], kf, vf, comm);
+    finish_key_rows(lay, classes[i], now);
+    step(classes[i], now.k, now.v);
   }
 }
 
@@ -310,12 +323,9 @@ KeyGrads start_key_grads(const Layout& lay, const HeadClass& c, const Tensor& g,
                          Communicator& comm) {
   KeyGrads r;
   r.c = &c;
-  std::int64_t mine = c.count(lay.rank);
   std::int64_t x = grad.size(2);
   if (!c.crossing) {
-    if (mine > 0) {
-      index_add_(grad, 1, c.rows, reshape(g, {lay.batch, mine * c.head_count(), x}), kTrust);
-    }
+    add_rows_of(lay, c, g, grad);
     return r;
   }
   std::int64_t rows = c.most_rows();
@@ -334,11 +344,8 @@ void finish_key_grads(const Layout& lay, KeyGrads& r, const Tensor& grad) {
   if (!r.work) return;
   r.work->wait();
   const HeadClass& c = *r.c;
-  std::int64_t mine = c.count(lay.rank);
-  if (mine == 0) return;
-  Tensor own = contiguous(permute(narrow(r.back, 0, 0, mine), {1, 0, 2, 3}));
-  index_add_(grad, 1, c.rows, reshape(own, {lay.batch, mine * c.head_count(), grad.size(2)}),
-             kTrust);
+  Tensor own = permute(narrow(r.back, 0, 0, c.count(lay.rank)), {1, 0, 2, 3});
+  add_rows_of(lay, c, contiguous(own), grad);
 }
 
 // log(exp(a) + exp(b)), -inf where both are.
@@ -382,11 +389,9 @@ AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& confi
   // Each class's output and log-denominators on this rank's rows: (B, count, heads, Dv),
   // (B, heads, count).
   std::vector<AttentionOutput> parts;
-  with_key_rows(lay, classes, kf, vf, comm, [&](const HeadClass& c, const Tensor& kv) {
+  auto compute = [&](const HeadClass& c, const Tensor& ks, const Tensor& vs) {
     const ClassWork& w = c.work;
     Tensor qs = rows_of(lay, c, qf);
-    Tensor ks = narrow(kv, 3, 0, lay.d);
-    Tensor vs = narrow(kv, 3, lay.d, lay.dv);
     Tensor out = zeros({lay.batch, w.qb - w.qa, c.head_count(), lay.dv}, options);
     Tensor lse = full({lay.batch, c.head_count(), w.qb - w.qa}, -kInf, options);
     for (const Piece& p : w.pieces) {
@@ -398,7 +403,8 @@ AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& confi
                  o.out, o.lse);
     }
     parts.push_back({out, lse});
-  });
+  };
+  with_key_rows(lay, classes, kf, vf, comm, compute);
   // One softmax over the branches: the log-denominators of each branch (its classes hold
   // disjoint heads) merge into the total, -inf where no branch selects a position.
   Tensor total = full({lay.batch, lay.heads * lay.local}, -kInf, options);
@@ -423,8 +429,7 @@ AttentionOutput forward_in(const Plan& plan, const DilatedAttentionConfig& confi
     Tensor class_total =
         reshape(index_select(total, 1, c.lse_rows, kTrust), {lay.batch, c.head_count(), mine});
     Tensor weighted = mul(mul(parts[i].out, share(parts[i].lse, class_total)), c.out_scale);
-    index_add_(out, 1, c.rows, reshape(weighted, {lay.batch, mine * c.head_count(), lay.dv}),
-               kTrust);
+    add_rows_of(lay, c, weighted, out);
   }
   return {to(reshape(out, {lay.batch, lay.local, lay.heads, lay.dv}), q.dtype()),
           reshape(total, {lay.batch, lay.heads, lay.local})};
@@ -446,7 +451,7 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
   // dK and dV side by side, as K and V travel: one reduce-scatter per crossing class.
   Tensor dkv = zeros({lay.batch, lay.local * lay.heads, lay.d + lay.dv}, options);
   KeyGrads returning;
-  with_key_rows(lay, plan.classes, kf, vf, comm, [&](const HeadClass& c, const Tensor& kv) {
+  auto differentiate = [&](const HeadClass& c, const Tensor& ks, const Tensor& vs) {
     const ClassWork& w = c.work;
     std::int64_t mine = w.qb - w.qa;
     Tensor qs = rows_of(lay, c, qf);
@@ -460,8 +465,6 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
     }
     Tensor ls =
         reshape(index_select(lse_flat, 1, c.lse_rows, kTrust), {lay.batch, c.head_count(), mine});
-    Tensor ks = narrow(kv, 3, 0, lay.d);
-    Tensor vs = narrow(kv, 3, lay.d, lay.dv);
     Tensor dqs = zeros({lay.batch, mine, c.head_count(), lay.d}, options);
     Tensor dkvs = zeros({lay.batch, w.k1 - w.k0, c.head_count(), lay.d + lay.dv}, options);
     Tensor dks = narrow(dkvs, 3, 0, lay.d);
@@ -476,14 +479,13 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
       add_(narrow(dks, 1, p.k0 - w.k0, p.k1 - p.k0), pg.dk);
       add_(narrow(dvs, 1, p.k0 - w.k0, p.k1 - p.k0), pg.dv);
     }
-    if (mine > 0) {
-      index_add_(dq, 1, c.rows, reshape(dqs, {lay.batch, mine * c.head_count(), lay.d}), kTrust);
-    }
+    add_rows_of(lay, c, dqs, dq);
     // This class's dK/dV start back while the previous class's arrive.
     KeyGrads next = start_key_grads(lay, c, dkvs, dkv, comm);
     finish_key_grads(lay, returning, dkv);
     returning = std::move(next);
-  });
+  };
+  with_key_rows(lay, plan.classes, kf, vf, comm, differentiate);
   finish_key_grads(lay, returning, dkv);
   auto shaped = [&](const Tensor& t, const Tensor& like) {
     return to(reshape(contiguous(t), {lay.batch, lay.local, lay.heads, t.size(2)}), like.dtype());

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "tensor/copy.h"
 #include "tensor/creation.h"
@@ -29,12 +30,17 @@ inline Tensor poisoned(const Shape& shape, TensorOptions options) {
   return t;
 }
 
+// t's values on the host as f64 (exact for f32 and bf16): two results compare bit for bit.
+inline std::vector<double> host_values(const Tensor& t) {
+  return to(to(t, Device::cpu()), DType::f64).to_vector<double>();
+}
+
 // Max |got - expected| over max |expected| (floor 1e-30), both read back as f64; infinite
 // when shapes differ or got holds a NaN that expected does not.
 inline double relative_error(const Tensor& got, const Tensor& expected) {
   if (got.shape() != expected.shape()) return std::numeric_limits<double>::infinity();
-  auto g = to(to(got, Device::cpu()), DType::f64).to_vector<double>();
-  auto e = to(to(expected, Device::cpu()), DType::f64).to_vector<double>();
+  auto g = host_values(got);
+  auto e = host_values(expected);
   double diff = 0;
   double scale = 1e-30;
   for (std::size_t i = 0; i < g.size(); ++i) {

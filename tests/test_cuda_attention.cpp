@@ -26,6 +26,7 @@ namespace longnet {
 namespace {
 
 using testing::error_of;
+using testing::host_values;
 using testing::kGpu;
 using testing::Layout;
 using testing::place;
@@ -249,17 +250,14 @@ TEST_SUITE("gpu") {
       Tensor k = to(in.k, kGpu);
       Tensor v = to(in.v, kGpu);
       Tensor dout = to(in.dout, kGpu);
-      auto bits = [](const Tensor& t) {
-        return to(to(t, Device::cpu()), DType::f64).to_vector<double>();
-      };
       AttentionOutput a = dilated_attention_forward(q, k, v, c);
       AttentionOutput b = dilated_attention_forward(q, k, v, c);
-      CHECK(bits(a.out) == bits(b.out));
-      CHECK(bits(a.lse) == bits(b.lse));
+      CHECK(host_values(a.out) == host_values(b.out));
+      CHECK(host_values(a.lse) == host_values(b.lse));
       AttentionGrads ga = dilated_attention_backward(q, k, v, a.out, a.lse, dout, c);
       AttentionGrads gb = dilated_attention_backward(q, k, v, a.out, a.lse, dout, c);
-      CHECK(bits(ga.dk) == bits(gb.dk));
-      CHECK(bits(ga.dv) == bits(gb.dv));
+      CHECK(host_values(ga.dk) == host_values(gb.dk));
+      CHECK(host_values(ga.dv) == host_values(gb.dv));
       // dq is summed by atomics in no fixed order: equal up to rounding.
       CHECK(relative_error(ga.dq, gb.dq) < testing::kGpuBf16);
     }
@@ -269,23 +267,20 @@ TEST_SUITE("gpu") {
     // Tensor cores (D 64) and CUDA cores (D 48); one branch, and paper mode's merged branches.
     for (std::int64_t d : {64, 48}) {
       Inputs in = draw(self_attention(1, 300, 4, d), DType::bf16, 495 + d);
+      Tensor q = to(in.q, kGpu);
+      Tensor k = to(in.k, kGpu);
+      Tensor v = to(in.v, kGpu);
+      Tensor dout = to(in.dout, kGpu);
       for (const DilatedAttentionConfig& c :
            {DilatedAttentionConfig{{128}, {1}, DilatedMode::paper, true},
             DilatedAttentionConfig{{64, 300}, {1, 3}, DilatedMode::paper, true}}) {
         CAPTURE(d);
         CAPTURE(c.segment_lengths.size());
-        Tensor q = to(in.q, kGpu);
-        Tensor k = to(in.k, kGpu);
-        Tensor v = to(in.v, kGpu);
-        Tensor dout = to(in.dout, kGpu);
-        auto bits = [](const Tensor& t) {
-          return to(to(t, Device::cpu()), DType::f64).to_vector<double>();
-        };
         AttentionOutput rounded = dilated_attention_forward(q, k, v, c);
         AttentionOutput kept = dilated_attention_forward(q, k, v, c, ResultDtype::compute);
         REQUIRE(kept.out.dtype() == DType::f32);
-        CHECK(bits(to(kept.out, DType::bf16)) == bits(rounded.out));
-        CHECK(bits(kept.lse) == bits(rounded.lse));
+        CHECK(host_values(to(kept.out, DType::bf16)) == host_values(rounded.out));
+        CHECK(host_values(kept.lse) == host_values(rounded.lse));
         AttentionGrads g = dilated_attention_backward(q, k, v, rounded.out, rounded.lse, dout, c);
         AttentionGrads gf = dilated_attention_backward(q, k, v, rounded.out, rounded.lse, dout, c,
                                                        ResultDtype::compute);
@@ -294,8 +289,8 @@ TEST_SUITE("gpu") {
         // dq (and off tensor cores dk and dv) are summed by atomics in no fixed order: equal
         // up to rounding there.
         if (d == 64) {
-          CHECK(bits(to(gf.dk, DType::bf16)) == bits(g.dk));
-          CHECK(bits(to(gf.dv, DType::bf16)) == bits(g.dv));
+          CHECK(host_values(to(gf.dk, DType::bf16)) == host_values(g.dk));
+          CHECK(host_values(to(gf.dv, DType::bf16)) == host_values(g.dv));
         } else {
           CHECK(relative_error(gf.dk, g.dk) < testing::kGpuBf16);
           CHECK(relative_error(gf.dv, g.dv) < testing::kGpuBf16);
