@@ -201,9 +201,11 @@ AttentionOutput dilated_attention_forward(const Tensor& q, const Tensor& k, cons
 
 AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                           const Tensor& out, const Tensor& lse, const Tensor& dout,
-                                          const DilatedAttentionConfig& config,
-                                          ResultDtype result) {
+                                          const DilatedAttentionConfig& config, ResultDtype result,
+                                          double out_scale) {
   config.validate();
+  LN_CHECK(std::isfinite(out_scale) && out_scale > 0, "dilated_attention_backward: out_scale is ",
+           out_scale, "; it must be finite and > 0");
   bool on_cuda = q.device().is_cuda();
   DType grad_dtype = result_dtype(result, q.dtype());  // q, k and v share a dtype (checked)
   Geometry g = on_cuda ? check_cuda_inputs(q, k, v, "dilated_attention_backward")
@@ -226,8 +228,8 @@ AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, cons
                          empty(k.shape(), {grad_dtype, k.device()}),
                          empty(v.shape(), {grad_dtype, v.device()})};
     cuda::dilated_attention_backward(q, k, v, out, lse, dout, config,
-                                     cpu::attention_scale(config.scale, g.d), grads.dq, grads.dk,
-                                     grads.dv);
+                                     cpu::attention_scale(config.scale, g.d), out_scale, grads.dq,
+                                     grads.dk, grads.dv);
     return grads;
   }
   DType ct = cpu::attention_compute_dtype(q.dtype());
@@ -239,6 +241,7 @@ AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, cons
   Tensor lc = cpu::attention_operand(lse);
   AttentionGrads grads{zeros(q.shape(), {ct}), zeros(k.shape(), {ct}), zeros(v.shape(), {ct})};
   auto plans = plan_heads(config, g.heads);
+  for (HeadPlan& plan : plans) plan.out_scale *= out_scale;
   double scale = cpu::attention_scale(config.scale, g.d);
   if (ct == DType::f64) {
     backward_kernel<double>(qc.data<double>(), kc.data<double>(), vc.data<double>(),

@@ -58,11 +58,15 @@ struct AttentionGrads {
   Tensor dv;
 };
 
-// Gradients from the forward's out and lse (DESIGN.md section 5, "Backward").
+// Gradients from the forward's out and lse (DESIGN.md section 5, "Backward"). out_scale:
+// out and dout belong to out_scale times this attention's output (one branch of grouped mode
+// computed on its own, as sequence-parallel attention does), and the gradients are those of
+// that scaled output; passing the scale keeps out and dout as they are, unrounded.
 AttentionGrads dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                           const Tensor& out, const Tensor& lse, const Tensor& dout,
                                           const DilatedAttentionConfig& config,
-                                          ResultDtype result = ResultDtype::input);
+                                          ResultDtype result = ResultDtype::input,
+                                          double out_scale = 1);
 
 // The differentiable op.
 Variable dilated_attention(const Variable& q, const Variable& k, const Variable& v,

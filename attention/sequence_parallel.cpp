@@ -455,14 +455,10 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
     const ClassWork& w = c.work;
     std::int64_t mine = w.qb - w.qa;
     Tensor qs = rows_of(lay, c, qf);
-    // The branch's own softmax output and its gradient: out = out_scale softmax (grouped
-    // mode), so the rows of out are divided by it and those of dout multiplied.
+    // out = out_scale times the branch's attention (grouped mode): the kernels take the
+    // scale, so out and dout go in as they are.
     Tensor os = rows_of(lay, c, of);
     Tensor gs = rows_of(lay, c, gf);
-    if (c.out_scale != 1) {
-      os = to(mul(to(os, ct), 1 / c.out_scale), q.dtype());
-      gs = to(mul(to(gs, ct), c.out_scale), q.dtype());
-    }
     Tensor ls =
         reshape(index_select(lse_flat, 1, c.lse_rows, kTrust), {lay.batch, c.head_count(), mine});
     Tensor dqs = zeros({lay.batch, mine, c.head_count(), lay.d}, options);
@@ -474,7 +470,7 @@ AttentionGrads backward_in(const Plan& plan, const Tensor& q, const Tensor& k, c
           dilated_attention_backward(part(qs, 1, w.qa, p.q0, p.q1), part(ks, 1, w.k0, p.k0, p.k1),
                                      part(vs, 1, w.k0, p.k0, p.k1), part(os, 1, w.qa, p.q0, p.q1),
                                      part(ls, 2, w.qa, p.q0, p.q1), part(gs, 1, w.qa, p.q0, p.q1),
-                                     p.config, ResultDtype::compute);
+                                     p.config, ResultDtype::compute, c.out_scale);
       add_(narrow(dqs, 1, p.q0 - w.qa, p.q1 - p.q0), pg.dq);
       add_(narrow(dks, 1, p.k0 - w.k0, p.k1 - p.k0), pg.dk);
       add_(narrow(dvs, 1, p.k0 - w.k0, p.k1 - p.k0), pg.dv);

@@ -241,6 +241,27 @@ TEST_SUITE("attention") {
     }
   }
 
+  TEST_CASE("the backward of a scaled output takes the scale instead of rescaled tensors") {
+    // For out' = s * attention, backward(out', dout, out_scale s) is the gradient of out';
+    // the same as the plain backward given out and s * dout.
+    std::uint64_t seed = 300;
+    for (const Case& c : cases()) {
+      Qkv x = draw_qkv(c.b, c.nq, c.nk, c.h, c.d, seed++);
+      Generator gen(seed++);
+      Tensor dout = randn({c.b, c.nq, c.h, c.d}, gen, {DType::f64});
+      AttentionOutput o = dilated_attention_forward(x.q, x.k, x.v, c.config);
+      for (double s : {1.0 / 3.0, 2.5}) {
+        AttentionGrads want =
+            dilated_attention_backward(x.q, x.k, x.v, o.out, o.lse, mul(dout, s), c.config);
+        AttentionGrads got = dilated_attention_backward(x.q, x.k, x.v, mul(o.out, s), o.lse, dout,
+                                                        c.config, ResultDtype::input, s);
+        check_close(got.dq.to_vector<double>(), want.dq.to_vector<double>(), 1e-12, label(c));
+        check_close(got.dk.to_vector<double>(), want.dk.to_vector<double>(), 1e-12, label(c));
+        check_close(got.dv.to_vector<double>(), want.dv.to_vector<double>(), 1e-12, label(c));
+      }
+    }
+  }
+
   TEST_CASE("causal dilated attention never looks ahead, in values or gradients") {
     using V = std::vector<std::int64_t>;
     for (DilatedMode mode : {DilatedMode::paper, DilatedMode::grouped}) {
@@ -432,6 +453,11 @@ TEST_SUITE("attention") {
     CHECK(error_of_config([&] {
             dilated_attention_forward(x.q, reshape(x.k, {1, 4, 3, 2}), x.v, c);
           }).find("disagree") != std::string::npos);
+    AttentionOutput o = dilated_attention_forward(x.q, x.k, x.v, c);
+    CHECK(error_of_config([&] {
+            dilated_attention_backward(x.q, x.k, x.v, o.out, o.lse, o.out, c, ResultDtype::input,
+                                       0);
+          }).find("out_scale is 0") != std::string::npos);
   }
 }
 

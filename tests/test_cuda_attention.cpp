@@ -18,6 +18,7 @@
 #include "tensor/copy.h"
 #include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
+#include "tensor/elementwise.h"
 #include "tensor/view.h"
 #include "tests/error_of.h"
 #include "tests/gpu_check.h"
@@ -94,8 +95,8 @@ void check_against_cpu(const Dims& s, const DilatedAttentionConfig& c, DType dty
   Tensor dq = poisoned(q.shape(), {dtype, kGpu});
   Tensor dk = poisoned(k.shape(), {dtype, kGpu});
   Tensor dv = poisoned(v.shape(), {dtype, kGpu});
-  cuda::dilated_attention_backward(q, k, v, out, lse, place(in.dout, layout, false), c, scale, dq,
-                                   dk, dv);
+  cuda::dilated_attention_backward(q, k, v, out, lse, place(in.dout, layout, false), c, scale, 1,
+                                   dq, dk, dv);
   CHECK(relative_error(dq, want_grads.dq) < tol);
   CHECK(relative_error(dk, want_grads.dk) < tol);
   CHECK(relative_error(dv, want_grads.dv) < tol);
@@ -296,6 +297,34 @@ TEST_SUITE("gpu") {
           CHECK(relative_error(gf.dv, g.dv) < testing::kGpuBf16);
         }
         CHECK(relative_error(gf.dq, g.dq) < testing::kGpuBf16);
+      }
+    }
+  }
+
+  TEST_CASE("the backward of a scaled output matches the cpu, on tensor cores and off") {
+    // out' = s * attention: the GPU's backward with out_scale s against the CPU's in f64.
+    const double s = 1.0 / 3.0;
+    for (DType dtype : {DType::bf16, DType::f32}) {
+      Dims dims = self_attention(1, 200, 4, 64);
+      Inputs in = draw(dims, dtype, 611);
+      for (const DilatedAttentionConfig& c :
+           {DilatedAttentionConfig{{128}, {2}, DilatedMode::paper, true},
+            DilatedAttentionConfig{{64, 200}, {1, 2}, DilatedMode::grouped, false}}) {
+        INFO(describe_case(dims, c, dtype));
+        Tensor q64 = to(in.q, DType::f64);
+        Tensor k64 = to(in.k, DType::f64);
+        Tensor v64 = to(in.v, DType::f64);
+        AttentionOutput o = dilated_attention_forward(q64, k64, v64, c);
+        AttentionGrads want = dilated_attention_backward(q64, k64, v64, o.out, o.lse,
+                                                         mul(to(in.dout, DType::f64), s), c);
+        Tensor scaled = to(to(mul(o.out, s), dtype), kGpu);
+        AttentionGrads got = dilated_attention_backward(
+            to(in.q, kGpu), to(in.k, kGpu), to(in.v, kGpu), scaled, to(to(o.lse, DType::f32), kGpu),
+            to(in.dout, kGpu), c, ResultDtype::input, s);
+        double tol = tolerance_for(dtype);
+        CHECK(relative_error(got.dq, want.dq) < tol);
+        CHECK(relative_error(got.dk, want.dk) < tol);
+        CHECK(relative_error(got.dv, want.dv) < tol);
       }
     }
   }

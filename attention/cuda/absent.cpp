@@ -19,7 +19,7 @@ bool dilated_attention_on_tensor_cores(const Tensor&, const Tensor&, const Tenso
 
 void dilated_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, const Tensor&, const DilatedAttentionConfig&, double,
-                                const Tensor&, const Tensor&, const Tensor&) {
+                                double, const Tensor&, const Tensor&, const Tensor&) {
   no_cuda();
 }
 

@@ -486,11 +486,13 @@ Problem problem(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, 
 // The launches of a configuration, mirroring the CPU's plan (attention/dilated.cpp):
 // paper mode runs every branch on all heads, grouped mode each group's branch on its heads.
 // A block takes `tile` compact rows of a segment.
-std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p, int tile) {
+// out_scale multiplies every branch's output scale (a caller's scaled output, backward only).
+std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p, int tile,
+                         double out_scale = 1) {
   auto m = static_cast<std::int64_t>(c.segment_lengths.size());
   std::vector<Launch> launches;
   auto add = [&](std::int64_t b, std::int64_t head_begin, std::int64_t heads, int offset,
-                 float out_scale, bool merge, bool new_launch) {
+                 double branch_scale, bool merge, bool new_launch) {
     Branch br;
     br.w = std::min(c.segment_lengths[b], p.n);  // a longer segment is one segment
     br.r = c.dilation_rates[b];
@@ -500,7 +502,7 @@ std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p, int 
     br.head_begin = static_cast<int>(head_begin);
     br.heads = static_cast<int>(heads);
     br.offset = offset;
-    br.out_scale = out_scale;
+    br.out_scale = static_cast<float>(branch_scale * out_scale);
     br.merge = merge;
     LN_CHECK(br.segments * br.tiles < (std::int64_t{1} << 31),
              "dilated attention on cuda: ", br.segments * br.tiles,
@@ -516,14 +518,14 @@ std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p, int 
     l.blocks = std::max(l.blocks, br.segments * br.tiles);
   };
   if (c.mode == DilatedMode::paper) {
-    for (std::int64_t b = 0; b < m; ++b) add(b, 0, p.heads, -1, 1.f, b > 0, true);
+    for (std::int64_t b = 0; b < m; ++b) add(b, 0, p.heads, -1, 1, b > 0, true);
     return launches;
   }
   std::int64_t head = 0;
   for (std::int64_t g = 0; g < m; ++g) {
     std::int64_t size = p.heads / m + (g < p.heads % m ? 1 : 0);
     if (size > 0) {
-      add(g, head, size, static_cast<int>(g % c.dilation_rates[g]), 1.f / static_cast<float>(m),
+      add(g, head, size, static_cast<int>(g % c.dilation_rates[g]), 1.0 / static_cast<double>(m),
           false, false);
     }
     head += size;
@@ -626,13 +628,14 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
 void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& out, const Tensor& lse, const Tensor& dout,
                                 const DilatedAttentionConfig& config, double scale,
-                                const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+                                double out_scale, const Tensor& dq, const Tensor& dk,
+                                const Tensor& dv) {
   DeviceGuard guard(q.device().index);
   cudaStream_t stream = current_stream(q.device().index);
   const Problem p = problem(q, k, v, config.causal, scale);
   const std::int64_t batch = q.size(0);
   const bool mma = dilated_attention_on_tensor_cores(q, k, v, dout);
-  const std::vector<Launch> launches = plan(config, p, mma ? kMmaKeyTile : kTile);
+  const std::vector<Launch> launches = plan(config, p, mma ? kMmaKeyTile : kTile, out_scale);
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);
     // Gradients accumulate in f32: the outputs themselves when they are f32, else scratch.

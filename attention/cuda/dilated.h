@@ -38,10 +38,12 @@ bool dilated_attention_on_tensor_cores(const Tensor& q, const Tensor& k, const T
 
 // From the forward's out and lse and the output gradient dout (q's dtype and shape of out,
 // last stride 1), fills dq, dk and dv: contiguous, the shapes of q, k and v, all three in
-// the inputs' dtype or all three f32.
+// the inputs' dtype or all three f32. out_scale: out is that times the attention's output
+// (see attention/dilated.h).
 void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                 const Tensor& out, const Tensor& lse, const Tensor& dout,
                                 const DilatedAttentionConfig& config, double scale,
-                                const Tensor& dq, const Tensor& dk, const Tensor& dv);
+                                double out_scale, const Tensor& dq, const Tensor& dk,
+                                const Tensor& dv);
 
 }  // namespace longnet::cuda
