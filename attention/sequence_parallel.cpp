@@ -295,13 +295,14 @@ void finish_key_rows(const Layout& lay, const HeadClass& c, KeyRows& g) {
 template <class Step>
 void with_key_rows(const Layout& lay, const std::vector<HeadClass>& classes, const Tensor& kf,
                    const Tensor& vf, Communicator& comm, Step step) {
-  KeyRows next;
-  if (!classes.empty()) next = start_key_rows(lay, classes.front(), kf, vf, comm);
+  KeyRows now;
+  if (!classes.empty()) now = start_key_rows(lay, classes.front(), kf, vf, comm);
   for (std::size_t i = 0; i < classes.size(); ++i) {
-    KeyRows now = std::move(next);
+    KeyRows next;
     if (i + 1 < classes.size()) next = start_key_rows(lay, classes[i + 1], kf, vf, comm);
     finish_key_rows(lay, classes[i], now);
     step(classes[i], now.k, now.v);
+    now = std::move(next);
   }
 }
 
