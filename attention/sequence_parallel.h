@@ -19,9 +19,8 @@
 // head using them).
 //
 // In bf16 the attention calls of a crossing class keep their outputs and gradients in f32
-// (ResultDtype::compute), so the result is rounded once, as on one device; left is grouped
-// mode's backward when its branch count is not a power of two, whose inputs out / s and s dout
-// (s = 1 / branch count) are rounded to bf16 once more.
+// (ResultDtype::compute), and grouped mode's branch scale goes into the backward as out_scale
+// (out and dout are not rescaled), so the result is rounded once, as on one device.
 //
 // When no segment crosses a slice boundary (every slice starts at a segment start of every
 // branch), each rank's part is plain dilated attention over its own rows and nothing
