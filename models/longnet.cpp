@@ -79,7 +79,7 @@ Variable LongNetLM::forward(const Tensor& tokens, Generator& gen) const {
       x = layer->forward(x, Variable(), gen, offset);
     }
   }
-  return output_projection_->forward(in_dtype(layer_norm_->forward(x), config_.compute_dtype));
+  return output_projection_->forward(layer_norm_->forward(x, config_.compute_dtype));
 }
 
 void LongNetLM::use_sequence_parallel(std::int64_t n, Communicator& comm) {
@@ -127,11 +127,10 @@ Variable LongNet::forward(const Tensor& source, const Tensor& target, Generator&
   check_tokens(target, "LongNet target");
   Variable memory = encoder_embed_->forward(source);
   for (const auto& layer : *encoder_layers_) memory = layer->forward(memory, gen);
-  memory = in_dtype(encoder_layer_norm_->forward(memory), config_.compute_dtype);
+  memory = encoder_layer_norm_->forward(memory, config_.compute_dtype);
   Variable x = decoder_embed_->forward(target);
   for (const auto& layer : *decoder_layers_) x = layer->forward(x, memory, gen);
-  return output_projection_->forward(
-      in_dtype(decoder_layer_norm_->forward(x), config_.compute_dtype));
+  return output_projection_->forward(decoder_layer_norm_->forward(x, config_.compute_dtype));
 }
 
 }  // namespace longnet

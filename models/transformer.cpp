@@ -103,8 +103,10 @@ FeedForward::FeedForward(const LayerConfig& c, Generator& gen, TensorOptions opt
 }
 
 Variable FeedForward::forward(const Variable& x, Generator& gen) const {
-  Variable h = dropout(gelu(fc1_->forward(x)), dropout_, gen, is_training());
-  return fc2_->forward(ffn_layernorm_->forward(h));
+  Variable u = fc1_->forward(x);
+  // Without dropout between them the GELU and the sub-LayerNorm are one op.
+  if (dropout_ == 0 || !is_training()) return fc2_->forward(ffn_layernorm_->forward_gelu(u));
+  return fc2_->forward(ffn_layernorm_->forward(dropout(gelu(u), dropout_, gen, true)));
 }
 
 EncoderLayer::EncoderLayer(const LayerConfig& c, Generator& gen, TensorOptions options)
@@ -121,9 +123,9 @@ EncoderLayer::EncoderLayer(const LayerConfig& c, Generator& gen, TensorOptions o
 }
 
 Variable EncoderLayer::forward(const Variable& x, Generator& gen) const {
-  Variable h = in_dtype(self_attn_layer_norm_->forward(x), compute_dtype_);
+  Variable h = self_attn_layer_norm_->forward(x, compute_dtype_);
   Variable y = residual(x, self_attn_->forward(h, h, gen), dropout_, gen, is_training());
-  h = in_dtype(final_layer_norm_->forward(y), compute_dtype_);
+  h = final_layer_norm_->forward(y, compute_dtype_);
   return residual(y, feed_forward(ffn_, h, ffn_chunk_, gen), dropout_, gen, is_training());
 }
 
@@ -152,16 +154,16 @@ DecoderLayer::DecoderLayer(const LayerConfig& c, bool cross_attention, Generator
 
 Variable DecoderLayer::forward(const Variable& x, const Variable& memory, Generator& gen,
                                std::int64_t position_offset) const {
-  Variable h = in_dtype(self_attn_layer_norm_->forward(x), compute_dtype_);
+  Variable h = self_attn_layer_norm_->forward(x, compute_dtype_);
   Variable y =
       residual(x, self_attn_->forward(h, h, gen, position_offset), dropout_, gen, is_training());
   if (encoder_attn_) {
     LN_CHECK(memory.defined(), "decoder layer with cross-attention needs the encoder output");
-    Variable c = in_dtype(encoder_attn_layer_norm_->forward(y), compute_dtype_);
+    Variable c = encoder_attn_layer_norm_->forward(y, compute_dtype_);
     y = residual(y, encoder_attn_->forward(c, in_dtype(memory, compute_dtype_), gen), dropout_, gen,
                  is_training());
   }
-  h = in_dtype(final_layer_norm_->forward(y), compute_dtype_);
+  h = final_layer_norm_->forward(y, compute_dtype_);
   return residual(y, feed_forward(ffn_, h, ffn_chunk_, gen), dropout_, gen, is_training());
 }
 

@@ -1,6 +1,7 @@
 #include "nn/positional.h"
 
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -33,6 +34,12 @@ void check_input(const Tensor& x, const Rotary& r, const char* op) {
 // of r to x (B, N, H, D).
 Tensor rotate(const Tensor& x, const Rotary& r, bool transpose, const char* op) {
   Tensor src = contiguous(x);
+  // The GPU kernel moves each pair in one access: a view starting mid-pair is copied.
+  auto pair_bytes = 2 * element_size(src.dtype());
+  if (src.device().is_cuda() &&
+      reinterpret_cast<std::uintptr_t>(src.raw_data()) % pair_bytes != 0) {
+    src = clone(src);
+  }
   Tensor out = empty(src.shape(), {src.dtype(), src.device()});
   double exponent_sign = r.scale == Scale::up ? 1.0 : r.scale == Scale::down ? -1.0 : 0.0;
   if (src.device().is_cuda()) {

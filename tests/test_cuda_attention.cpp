@@ -186,7 +186,7 @@ TEST_SUITE("gpu") {
     std::uint64_t seed = 450;
     for (std::int64_t d : {32, 64, 128}) {
       for (bool causal : {false, true}) {
-        // Several 128-row query and 64-key tiles, the last ones partial.
+        // Several 64-row query and 64-key tiles, the last ones partial.
         Dims dense = self_attention(1, 301, 2, d);
         check_against_cpu(dense, {{301}, {1}, DilatedMode::paper, causal}, DType::bf16, ++seed);
         // Segments of 200 (no multiple of a tile), a short last one, rates with several

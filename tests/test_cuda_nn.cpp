@@ -7,8 +7,10 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "autograd/ops.h"
 #include "nn/cuda/cross_entropy.h"
 #include "nn/cuda/dropout.h"
 #include "nn/cuda/embedding.h"
@@ -61,8 +63,13 @@ TEST_SUITE("gpu") {
 
   TEST_CASE("layer_norm on the GPU matches the CPU in values and all gradients") {
     Generator gen(101);
-    // 20000 rows exercise the full 256 row blocks of the weight and bias sums.
-    for (Shape shape : {Shape{3, 37, 96}, Shape{20000, 64}, Shape{5, 1000}}) {
+    // 20000 rows: many row blocks in the weight and bias sums; 70001 rows: more than the
+    // backward's block cap at 32 rows a block, so 35 a block and a last block of one; 768 and
+    // 3072: the model's widths; 9000 and 20001 are wider than the kernels keep in registers
+    // (20001 in chunks of one element), 70 narrower than a warp's chunks.
+    for (Shape shape :
+         {Shape{3, 37, 96}, Shape{20000, 64}, Shape{70001, 8}, Shape{5, 1000}, Shape{2, 33, 768},
+          Shape{40, 3072}, Shape{3, 9000}, Shape{3, 20001}, Shape{35, 70}}) {
       // bf16 with f32 parameters is mixed precision.
       for (auto [dtype, param_dtype] :
            {std::pair{DType::f32, DType::f32}, std::pair{DType::bf16, DType::bf16},
@@ -106,6 +113,62 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE("layer_norm from f32 into bf16 on the GPU matches the CPU") {
+    Generator gen(103);
+    for (Shape shape : {Shape{2, 33, 768}, Shape{7, 100}, Shape{3, 9000}}) {
+      CAPTURE(str(shape));
+      std::int64_t dim = shape.back();
+      Tensor x = random_tensor(shape, gen, DType::f32, 2.0);
+      Tensor dy = random_tensor(shape, gen, DType::bf16);
+      Tensor w = random_tensor({dim}, gen, DType::f32);
+      Tensor b = random_tensor({dim}, gen, DType::f32);
+      std::vector<Variable> cpu_side = {Variable(x, true), Variable(w, true), Variable(b, true)};
+      std::vector<Variable> gpu_side = {Variable(gpu(x), true), Variable(gpu(w), true),
+                                        Variable(gpu(b), true)};
+      Variable yc = layer_norm(cpu_side[0], cpu_side[1], cpu_side[2], 1e-5, DType::bf16);
+      yc.backward(dy);
+      Variable yg = layer_norm(gpu_side[0], gpu_side[1], gpu_side[2], 1e-5, DType::bf16);
+      REQUIRE(yg.dtype() == DType::bf16);
+      yg.backward(gpu(dy));
+      check_close(yg.data(), yc.data(), tolerance_for(DType::bf16), "y");
+      for (std::size_t i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        CHECK(gpu_side[i].grad().dtype() == DType::f32);
+        check_close(gpu_side[i].grad(), cpu_side[i].grad(), 1e-4, "gradient");
+      }
+    }
+  }
+
+  TEST_CASE("gelu_layer_norm on the GPU matches gelu then layer_norm on the CPU") {
+    Generator gen(104);
+    for (auto [shape, dtype, param_dtype] :
+         {std::tuple{Shape{2, 33, 3072}, DType::bf16, DType::f32},
+          std::tuple{Shape{3, 9000}, DType::bf16, DType::f32},
+          std::tuple{Shape{5, 100}, DType::f32, DType::f32},
+          std::tuple{Shape{40, 96}, DType::bf16, DType::bf16}}) {
+      CAPTURE(str(shape));
+      CAPTURE(name(dtype));
+      std::int64_t dim = shape.back();
+      Tensor x = random_tensor(shape, gen, dtype, 2.0);
+      Tensor dy = random_tensor(shape, gen, dtype);
+      Tensor w = random_tensor({dim}, gen, param_dtype);
+      Tensor b = random_tensor({dim}, gen, param_dtype);
+      std::vector<Variable> cpu_side = {Variable(x, true), Variable(w, true), Variable(b, true)};
+      std::vector<Variable> gpu_side = {Variable(gpu(x), true), Variable(gpu(w), true),
+                                        Variable(gpu(b), true)};
+      Variable yc = layer_norm(gelu(cpu_side[0]), cpu_side[1], cpu_side[2], 1e-5);
+      yc.backward(dy);
+      Variable yg = gelu_layer_norm(gpu_side[0], gpu_side[1], gpu_side[2], 1e-5);
+      REQUIRE(yg.dtype() == dtype);
+      yg.backward(gpu(dy));
+      double tol = tolerance_for(dtype);
+      check_close(yg.data(), yc.data(), tol, "y");
+      check_close(gpu_side[0].grad(), cpu_side[0].grad(), tol, "dx");
+      check_close(gpu_side[1].grad(), cpu_side[1].grad(), tol, "dweight");
+      check_close(gpu_side[2].grad(), cpu_side[2].grad(), tol, "dbias");
+    }
+  }
+
   TEST_CASE("layer_norm GPU kernels write every output; weight and bias sums repeat exactly") {
     Generator gen(102);
     std::int64_t rows = 300;
@@ -117,7 +180,7 @@ TEST_SUITE("gpu") {
     Tensor y = poisoned({rows, dim}, {DType::f32, kGpu});
     Tensor mean = poisoned({rows}, {DType::f32, kGpu});
     Tensor rstd = poisoned({rows}, {DType::f32, kGpu});
-    cuda::layer_norm_forward(x, w, b, 1e-5, y, mean, rstd);
+    cuda::layer_norm_forward(x, w, b, 1e-5, false, y, mean, rstd);
 
     Variable xc(to(x, Device::cpu()));
     Tensor y_cpu =
@@ -133,7 +196,7 @@ TEST_SUITE("gpu") {
       Tensor dx = poisoned({rows, dim}, {DType::f32, kGpu});
       Tensor dw = poisoned({dim}, {DType::f32, kGpu});
       Tensor db = poisoned({dim}, {DType::f32, kGpu});
-      cuda::layer_norm_backward(g, x, w, mean, rstd, 5, dx, dw, db);
+      cuda::layer_norm_backward(g, x, false, w, mean, rstd, dx, dw, db);
       for (const Tensor& t : {dx, dw, db}) {
         for (double v : host_values(t)) REQUIRE(std::isfinite(v));
       }
@@ -401,6 +464,14 @@ TEST_SUITE("gpu") {
           check_close(xg.grad(), xc.grad(), tol, "dx");
         }
       }
+      // A contiguous view that starts mid-pair (one element into its storage).
+      Tensor x = random_tensor({2, 67, 3, 32}, gen, dtype);
+      Tensor flat = gpu(random_tensor({x.numel() + 1}, gen, dtype));
+      Tensor shifted = reshape(narrow(flat, 0, 1, x.numel()), x.shape());
+      copy_(shifted, gpu(x));
+      Tensor expected = apply_rope(Variable(x), 5).data();
+      check_close(apply_rope(Variable(shifted), 5).data(), expected, tolerance_for(dtype),
+                  "view at an odd element");
     }
   }
 

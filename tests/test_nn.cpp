@@ -613,6 +613,39 @@ TEST_SUITE("nn") {
                    "must have one dtype"));
   }
 
+  TEST_CASE("layer_norm into bf16 from f32 is the norm then the cast, bit for bit") {
+    Generator gen(24);
+    Tensor x = to(add(mul(randn64({70, 40}, gen), 3.0), 1.0), DType::f32);
+    Tensor g = to(randn64({70, 40}, gen), DType::bf16);
+    Tensor w = to(add(randn64({40}, gen), 1.0), DType::f32);
+    Tensor b = to(randn64({40}, gen), DType::f32);
+    auto run = [&](bool fused) {
+      Variable xv(x, true);
+      Variable wv(w, true);
+      Variable bv(b, true);
+      Variable y = fused ? layer_norm(xv, wv, bv, 1e-5, DType::bf16)
+                         : to(layer_norm(xv, wv, bv, 1e-5), DType::bf16);
+      y.backward(g);
+      return std::vector<Tensor>{y.data(), xv.grad(), wv.grad(), bv.grad()};
+    };
+    std::vector<Tensor> fused = run(true);
+    std::vector<Tensor> apart = run(false);
+    CHECK(fused[0].dtype() == DType::bf16);
+    CHECK(fused[1].dtype() == DType::f32);
+    for (std::size_t i = 0; i < fused.size(); ++i) {
+      CAPTURE(i);
+      CHECK(fused[i].to_vector<double>() == apart[i].to_vector<double>());
+    }
+    // Other changes of dtype are a cast after the norm.
+    Variable y32 = LayerNorm(40).forward(Variable(to(x, DType::bf16)), DType::f32);
+    CHECK(y32.dtype() == DType::f32);
+    CHECK(y32.data().to_vector<double>() ==
+          to(layer_norm(Variable(to(x, DType::bf16)), Variable(ones({40})), Variable(zeros({40}))),
+             DType::f32)
+              .data()
+              .to_vector<double>());
+  }
+
   TEST_CASE("LayerNorm matches PyTorch: output and all gradients") {
     json doc = load_fixture("nn_layer_norm");
     for (Tolerance tol : {kF64, kF32}) {

@@ -1,6 +1,6 @@
 // Fused LayerNorm on the GPU; nn/layer_norm.cpp validates, allocates and holds the CPU
-// oracle, whose arithmetic these kernels follow (statistics in f64, stored as f32, or f64
-// for f64 x).
+// oracle. The statistics are the cpu's two passes, each thread's few elements summed in f32
+// (f64 for f64 x) and the threads' sums in f64, stored as f32 (f64 for f64 x).
 #pragma once
 
 #include "tensor/tensor.h"
@@ -8,16 +8,19 @@
 namespace longnet::cuda {
 
 // x (..., D) contiguous, floating; weight and bias (D) contiguous or undefined. Writes y
-// (x's shape and dtype) and the per-row mean and rstd (rows = numel / D).
+// (x's shape; x's dtype, or bf16 beside f32 x) and the per-row mean and rstd (rows =
+// numel / D).
+// With gelu_first the rows normalised are gelu(x), each rounded to x's dtype (never stored).
 void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps,
-                        const Tensor& y, const Tensor& mean, const Tensor& rstd);
+                        bool gelu_first, const Tensor& y, const Tensor& mean, const Tensor& rstd);
 
-// g and x (..., D) contiguous, mean and rstd from the forward pass. Writes whichever of dx
-// (x's shape), dweight and dbias (D) are defined. The row sums of dweight and dbias are
-// taken in f64 over row_blocks consecutive blocks of ceil(rows / row_blocks) rows, each
-// summed in row order, then over the blocks in block order: the cpu's order.
-void layer_norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                         const Tensor& rstd, std::int64_t row_blocks, const Tensor& dx,
+// g (y's dtype) and x (..., D) contiguous, mean and rstd from the forward pass. Writes
+// whichever of dx (x's shape), dweight and dbias (D) are defined; with gelu_first (as in the
+// forward) dx is the gradient of x through the GELU. The row sums of dweight and dbias are
+// taken over blocks of 32 consecutive rows in row order (in f32, f64 for f64 x), then over
+// the blocks in f64 in a fixed order: the same bits on every run.
+void layer_norm_backward(const Tensor& g, const Tensor& x, bool gelu_first, const Tensor& weight,
+                         const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                          const Tensor& dweight, const Tensor& dbias);
 
 }  // namespace longnet::cuda

@@ -7,14 +7,22 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The two elements of a rotated pair, moved by one access.
+template <class T>
+struct alignas(2 * sizeof(T)) Pair {
+  T first;
+  T second;
+};
+
 // One thread per (position n, pair i): it computes that pair's cos and sin (scale folded in)
 // once in f64, then rotates the pair in every (b, h) row at position n. Consecutive threads
-// take consecutive pairs, so each row's loads coalesce.
+// take consecutive pairs, so each row's loads coalesce; x and out never overlap (out is
+// fresh), so the loads of several heads are in flight at once.
 template <class T>
-__global__ void rotary_kernel(const T* x, T* out, std::int64_t batch, std::int64_t length,
-                              std::int64_t heads, std::int64_t dim, std::int64_t offset,
-                              double theta, double exponent_sign, double scale_base,
-                              double sin_sign) {
+__global__ void rotary_kernel(const T* __restrict__ x, T* __restrict__ out, std::int64_t batch,
+                              std::int64_t length, std::int64_t heads, std::int64_t dim,
+                              std::int64_t offset, double theta, double exponent_sign,
+                              double scale_base, double sin_sign) {
   using C = acc_t<T>;
   std::int64_t half = dim / 2;
   std::int64_t total = length * half;
@@ -35,12 +43,14 @@ __global__ void rotary_kernel(const T* x, T* out, std::int64_t batch, std::int64
     auto cosine = static_cast<C>(s * cos_angle);
     auto sine = static_cast<C>(sin_sign * s * sin_angle);
     for (std::int64_t b = 0; b < batch; ++b) {
+#pragma unroll 4
       for (std::int64_t h = 0; h < heads; ++h) {
         std::int64_t at = ((b * length + n) * heads + h) * dim + 2 * i;
-        auto x0 = static_cast<C>(x[at]);
-        auto x1 = static_cast<C>(x[at + 1]);
-        out[at] = static_cast<T>(x0 * cosine - x1 * sine);
-        out[at + 1] = static_cast<T>(x0 * sine + x1 * cosine);
+        Pair<T> in = *reinterpret_cast<const Pair<T>*>(x + at);
+        auto x0 = static_cast<C>(in.first);
+        auto x1 = static_cast<C>(in.second);
+        *reinterpret_cast<Pair<T>*>(out + at) = {static_cast<T>(x0 * cosine - x1 * sine),
+                                                 static_cast<T>(x0 * sine + x1 * cosine)};
       }
     }
   }

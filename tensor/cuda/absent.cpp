@@ -57,6 +57,8 @@ void softmax_backward(const Tensor&, const Tensor&, std::int64_t, bool, const Te
   no_cuda();
 }
 void matmul(const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
+bool matmul_bias(const Tensor&, const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
+bool matmul_bias_grad(const Tensor&, const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
 std::optional<std::int64_t> gather(const Tensor&, std::int64_t, const Tensor&, const Tensor&,
                                    bool) {
   no_cuda();
@@ -66,12 +68,12 @@ std::optional<std::int64_t> scatter_add(const Tensor&, std::int64_t, const Tenso
   no_cuda();
 }
 // nn/cuda
-void layer_norm_forward(const Tensor&, const Tensor&, const Tensor&, double, const Tensor&,
+void layer_norm_forward(const Tensor&, const Tensor&, const Tensor&, double, bool, const Tensor&,
                         const Tensor&, const Tensor&) {
   no_cuda();
 }
-void layer_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                         std::int64_t, const Tensor&, const Tensor&, const Tensor&) {
+void layer_norm_backward(const Tensor&, const Tensor&, bool, const Tensor&, const Tensor&,
+                         const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
   no_cuda();
 }
 std::int64_t cross_entropy_count(const Tensor&, std::int64_t, std::int64_t) { no_cuda(); }

@@ -13,6 +13,7 @@
 #include "tensor/cuda/check.h"
 #include "tensor/cuda/convert.h"
 #include "tensor/cuda/elementwise.h"
+#include "tensor/cuda/gelu.cuh"
 #include "tensor/cuda/stream.h"
 #include "tensor/cuda/strided.cuh"
 
@@ -41,8 +42,6 @@ __device__ __forceinline__ C apply(UnaryOp op, C x) {
       break;
   }
   if constexpr (std::is_floating_point_v<C>) {
-    constexpr C kInvSqrt2 = C(0.70710678118654752440);
-    constexpr C kInvSqrt2Pi = C(0.39894228040143267794);
     switch (op) {
       case UnaryOp::exp:
         return std::exp(x);
@@ -63,11 +62,9 @@ __device__ __forceinline__ C apply(UnaryOp op, C x) {
         return e / (C(1) + e);
       }
       case UnaryOp::gelu:
-        // The exact erf form, as on the CPU: no tanh approximation.
-        return C(0.5) * x * (C(1) + std::erf(x * kInvSqrt2));
+        return gelu(x);
       case UnaryOp::gelu_grad:
-        return C(0.5) * (C(1) + std::erf(x * kInvSqrt2)) +
-               x * kInvSqrt2Pi * std::exp(C(-0.5) * x * x);
+        return gelu_grad(x);
       default:
         break;
     }
