@@ -74,6 +74,23 @@ TEST_SUITE("autograd") {
     CHECK(y.grad().to_vector<float>() == std::vector<float>{4, 8, 12});
   }
 
+  TEST_CASE("one gradient handed to several inputs: leaves accumulate into copies of it") {
+    // add's backward gives its output gradient, one tensor, to both inputs; intermediates keep
+    // it as it is, while the leaf x adds the other paths' gradients into its own in place,
+    // which must not change what h, k and the inner add still have to read.
+    for (int order = 0; order < 2; ++order) {
+      Variable x = leaf({1, 2}, {2});
+      Variable h = mul(x, 3.0);
+      Variable k = mul(x, 5.0);
+      k.retain_grad();
+      Variable y = order == 0 ? add(add(x, h), k) : add(k, add(h, x));
+      Variable w(from_data<float>({2, -1}, {2}), false);
+      sum(mul(y, w)).backward();
+      CHECK(grad_of(x) == std::vector<float>{18, -9});  // (1 + 3 + 5) w
+      CHECK(k.grad().to_vector<float>() == std::vector<float>{2, -1});
+    }
+  }
+
   TEST_CASE("no-grad guard records nothing and detach cuts the graph") {
     Variable x = leaf({1, 2}, {2});
     {
