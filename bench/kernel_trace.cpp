@@ -53,12 +53,15 @@ void finish() {
     check(cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED), "flush");
     const char* path = std::getenv("LONGNET_KERNEL_TRACE");
     if (path == nullptr) path = "kernel_trace.tsv";
+    const std::lock_guard<std::mutex> lock(g_mutex);
+    // A process that ran no CUDA (a launcher such as timeout that inherited the preload)
+    // leaves the file to the one that did.
+    if (g_lines.empty()) return;
     std::FILE* f = std::fopen(path, "w");
     if (f == nullptr) {
       std::fprintf(stderr, "kernel_trace: cannot write %s\n", path);
       return;
     }
-    const std::lock_guard<std::mutex> lock(g_mutex);
     for (const std::string& l : g_lines) std::fprintf(f, "%s\n", l.c_str());
     std::fclose(f);
     std::fprintf(stderr, "kernel_trace: %zu records in %s\n", g_lines.size(), path);

@@ -63,10 +63,10 @@ TEST_SUITE("gpu") {
 
   TEST_CASE("layer_norm on the GPU matches the CPU in values and all gradients") {
     Generator gen(101);
-    // 20000 rows: many row blocks in the weight and bias sums; 70001 rows: more than the
-    // backward's block cap at 32 rows a block, so 35 a block and a last block of one; 768 and
-    // 3072: the model's widths; 9000 and 20001 are wider than the kernels keep in registers
-    // (20001 in chunks of one element), 70 narrower than a warp's chunks.
+    // 20000 rows: many row blocks in the backward's column walk; 70001 rows: more than its
+    // block cap at 32 rows a block, so 35 a block and a last block of one; 768 and 3072: the
+    // model's widths; 9000 and 20001 are wider than the forward keeps in registers (20001 in
+    // chunks of one element), 70 narrower than a warp's chunks.
     for (Shape shape :
          {Shape{3, 37, 96}, Shape{20000, 64}, Shape{70001, 8}, Shape{5, 1000}, Shape{2, 33, 768},
           Shape{40, 3072}, Shape{3, 9000}, Shape{3, 20001}, Shape{35, 70}}) {
@@ -207,6 +207,38 @@ TEST_SUITE("gpu") {
         CHECK(host_values(dw) == first_dw);
         CHECK(host_values(db) == first_db);
       }
+    }
+  }
+
+  TEST_CASE("layer_norm backward asked for dx alone or the sums alone gives the same bits") {
+    Generator gen(105);
+    // f32 rows of 70 (one-element chunks), bf16 rows of 3072 through the GELU (16-byte
+    // chunks), 1001 rows: a last row block shorter than the others and than the unrolling.
+    for (auto [dtype, dim, gelu_first] :
+         {std::tuple{DType::f32, 70, false}, std::tuple{DType::bf16, 3072, true}}) {
+      CAPTURE(name(dtype));
+      std::int64_t rows = 1001;
+      Tensor x = gpu(random_tensor({rows, dim}, gen, dtype, 2.0));
+      Tensor g = gpu(random_tensor({rows, dim}, gen, dtype));
+      Tensor w = gpu(random_tensor({dim}, gen, DType::f32));
+      Tensor y = poisoned({rows, dim}, {dtype, kGpu});
+      Tensor mean = poisoned({rows}, {DType::f32, kGpu});
+      Tensor rstd = poisoned({rows}, {DType::f32, kGpu});
+      cuda::layer_norm_forward(x, w, Tensor(), 1e-5, gelu_first, y, mean, rstd);
+      auto backward = [&](bool want_dx, bool want_sums) {
+        Tensor dx = want_dx ? poisoned({rows, dim}, {dtype, kGpu}) : Tensor();
+        Tensor dw = want_sums ? poisoned({dim}, {DType::f32, kGpu}) : Tensor();
+        Tensor db = want_sums ? poisoned({dim}, {DType::f32, kGpu}) : Tensor();
+        cuda::layer_norm_backward(g, x, gelu_first, w, mean, rstd, dx, dw, db);
+        return std::vector<Tensor>{dx, dw, db};
+      };
+      std::vector<Tensor> all = backward(true, true);
+      std::vector<Tensor> dx_only = backward(true, false);
+      std::vector<Tensor> sums_only = backward(false, true);
+      for (double v : host_values(all[0])) REQUIRE(std::isfinite(v));
+      CHECK(host_values(dx_only[0]) == host_values(all[0]));
+      CHECK(host_values(sums_only[1]) == host_values(all[1]));
+      CHECK(host_values(sums_only[2]) == host_values(all[2]));
     }
   }
 

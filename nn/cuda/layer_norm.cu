@@ -12,20 +12,25 @@ namespace longnet::cuda {
 
 namespace {
 
-// A row block is one thread block: thread t holds chunks t, t + threads, ... of V elements
-// of its rows (V > 1: one 16-byte access each, so a warp moves 512 contiguous bytes). The
-// first kCachedChunks chunks of each thread stay in registers between the passes over a
-// row; wider rows re-read the rest. Every load of a row is issued at once, by threads of
-// one chunk each for the model's widths (768 and 3072), so the kernels run at memory
-// speed instead of waiting on one warp's chain of loads per row.
-constexpr int kMaxRowThreads = 512;
-constexpr int kCachedChunks = 2;
-// Rows of one backward block: at least kBackwardRows, more where that would make over
-// kMaxBackwardBlocks blocks. The weight and bias sums of its columns are kept over them, so
-// the partial sums written are at most kMaxBackwardBlocks x D floats each (24 MiB for the
-// FFN's 3072 columns, whatever the row count: 1M rows of 32 would be 768 MiB).
-constexpr std::int64_t kBackwardRows = 32;
-constexpr std::int64_t kMaxBackwardBlocks = 2048;
+// A row is one warp's: lane l holds chunks l, l + 32, ... of V elements (V > 1: one 16-byte
+// access each, so a warp moves 512 contiguous bytes), the first K of them kept in registers
+// between the passes over the row; wider rows re-read the rest. Sums over a row are warp
+// shuffles (no barriers), and a thread block of kRowWarps warps has that many rows in
+// flight, so an SM keeps enough loads outstanding to run at memory speed (one 384-thread
+// block per 3072-wide row left most of the memory bandwidth unused).
+constexpr int kRowWarps = 4;
+constexpr int kRowThreads = 32 * kRowWarps;
+// Chunks per lane kept in registers: K = kFewChunks for rows of up to 128 chunks (768
+// bf16 elements), kManyChunks (3072 bf16, 1536 f32) otherwise.
+constexpr int kFewChunks = 4;
+constexpr int kManyChunks = 12;
+// The backward's column walk: at most kMaxColumnRowBlocks blocks of consecutive rows, at
+// least kColumnRows rows each (so the weight and bias partials stay at most 2048 x D floats
+// each, 24 MiB for 3072 columns, whatever the row count); kColumnUnroll rows' loads in flight
+// at once.
+constexpr std::int64_t kColumnRows = 32;
+constexpr std::int64_t kMaxColumnRowBlocks = 2048;
+constexpr int kColumnUnroll = 4;
 constexpr int kPartialColumns = 32;
 constexpr int kPartialLanes = 32;
 
@@ -49,69 +54,6 @@ __device__ __forceinline__ void store_chunk(T* p, const C (&in)[V]) {
   *reinterpret_cast<Chunk<V, T>*>(p) = c;
 }
 
-// One row of V-element chunks: this thread's first kCachedChunks in registers.
-template <int V, class T>
-struct CachedRow {
-  const T* row;
-  Chunk<V, T> cache[kCachedChunks];
-
-  __device__ __forceinline__ void fill(const T* r, int chunks) {
-    row = r;
-#pragma unroll
-    for (int c = 0; c < kCachedChunks; ++c) {
-      int q = c * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x);
-      if (q < chunks) cache[c] = load_chunk<V>(r + static_cast<std::int64_t>(q) * V);
-    }
-  }
-
-  // Chunk q, this thread's c-th, as C values.
-  template <class C>
-  __device__ __forceinline__ void get(int c, int q, C (&out)[V]) const {
-    Chunk<V, T> v = c < kCachedChunks ? cache[c < kCachedChunks ? c : 0]
-                                      : load_chunk<V>(row + static_cast<std::int64_t>(q) * V);
-#pragma unroll
-    for (int e = 0; e < V; ++e) out[e] = static_cast<C>(v.v[e]);
-  }
-};
-
-// Calls f(c, q) for this thread's chunks q of a row of `chunks`, c counting them; c is a
-// constant below kCachedChunks (once inlined), so cached chunks come from registers.
-template <class F>
-__device__ __forceinline__ void for_chunks(int chunks, F&& f) {
-  int threads = static_cast<int>(blockDim.x);
-#pragma unroll
-  for (int c = 0; c < kCachedChunks; ++c) {
-    int q = c * threads + static_cast<int>(threadIdx.x);
-    if (q < chunks) f(c, q);
-  }
-  for (int q = kCachedChunks * threads + static_cast<int>(threadIdx.x); q < chunks; q += threads) {
-    f(kCachedChunks, q);
-  }
-}
-
-// The sums over the thread block of each v[i] (every thread gets them): warps by a fixed
-// butterfly, then warps in order, so the result is the same on every run. scratch holds
-// 32 x N doubles; a barrier first lets a previous call's readers finish.
-template <int N>
-__device__ __forceinline__ void block_sum(double (&v)[N], double* scratch) {
-  int warp = static_cast<int>(threadIdx.x / 32);
-  int warps = static_cast<int>((blockDim.x + 31) / 32);
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = warp_sum(v[i]);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) scratch[warp * N + i] = v[i];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    double total = 0;
-    for (int w = 0; w < warps; ++w) total += scratch[w * N + i];
-    v[i] = total;
-  }
-}
-
 // The norm's input from loaded x: x itself, or with kGelu gelu(x) rounded to T, the value
 // the unfused gelu op would have stored.
 template <bool kGelu, class T, int V, class C>
@@ -122,55 +64,110 @@ __device__ __forceinline__ void prologue(C (&v)[V]) {
   }
 }
 
+// One row of `chunks` V-element chunks as seen by one lane: its first K chunks (q = lane +
+// 32 c) in registers. With kGelu the cached chunks hold the prologue's values, and get()
+// applies it to the chunks read again.
+template <int V, class T, int K, bool kGelu>
+struct WarpRow {
+  const T* row;
+  Chunk<V, T> cache[K];
+
+  __device__ __forceinline__ void fill(const T* r, int chunks, int lane) {
+    row = r;
+#pragma unroll
+    for (int c = 0; c < K; ++c) {
+      int q = 32 * c + lane;
+      if (q < chunks) cache[c] = load_chunk<V>(r + static_cast<std::int64_t>(q) * V);
+    }
+    if constexpr (kGelu) {
+#pragma unroll
+      for (int c = 0; c < K; ++c) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          cache[c].v[e] = static_cast<T>(gelu(static_cast<acc_t<T>>(cache[c].v[e])));
+        }
+      }
+    }
+  }
+
+  // Chunk q, this lane's c-th, as C values.
+  template <class C>
+  __device__ __forceinline__ void get(int c, int q, C (&out)[V]) const {
+    if (c < K) {
+      const Chunk<V, T>& v = cache[c < K ? c : 0];
+#pragma unroll
+      for (int e = 0; e < V; ++e) out[e] = static_cast<C>(v.v[e]);
+      return;
+    }
+    Chunk<V, T> v = load_chunk<V>(row + static_cast<std::int64_t>(q) * V);
+#pragma unroll
+    for (int e = 0; e < V; ++e) out[e] = static_cast<C>(v.v[e]);
+    prologue<kGelu, T>(out);
+  }
+};
+
+// Calls f(c, q) for this lane's chunks q of a row of `chunks`, c counting them; c is a
+// constant below K (once inlined), so cached chunks come from registers.
+template <int K, class F>
+__device__ __forceinline__ void for_lane_chunks(int chunks, int lane, F&& f) {
+#pragma unroll
+  for (int c = 0; c < K; ++c) {
+    int q = 32 * c + lane;
+    if (q < chunks) f(c, q);
+  }
+  for (int q = 32 * K + lane; q < chunks; q += 32) f(K, q);
+}
+
+// gelu(v) with kGelu, else v.
+template <bool kGelu, class C>
+__device__ __forceinline__ C gelu_if(C v) {
+  if constexpr (kGelu) return gelu(v);
+  return v;
+}
+
 template <class W, int V, class C>
 __device__ __forceinline__ void load_affine(const W* p, std::int64_t j, C (&out)[V]) {
 #pragma unroll
   for (int e = 0; e < V; ++e) out[e] = p != nullptr ? static_cast<C>(p[j + e]) : C(1);
 }
 
-// One thread block per row. The statistics follow the cpu's two passes (the mean, then
-// the squares around it, which do not cancel the way E[x^2] - E[x]^2 does): each thread
-// sums its few elements in C, the threads' sums are added in f64 and rounded once to C.
-template <class T, class Y, class W, int V, bool kGelu>
-__global__ void __launch_bounds__(kMaxRowThreads)
+// One warp per row. The statistics follow the cpu's two passes (the mean, then the squares
+// around it, which do not cancel the way E[x^2] - E[x]^2 does): each lane sums its few
+// elements in C, the lanes' sums are added in f64 and rounded once to C.
+template <class T, class Y, class W, int V, bool kGelu, int K>
+__global__ void __launch_bounds__(kRowThreads)
     forward_kernel(const T* x, const W* weight, const W* bias, double eps, Y* y, acc_t<T>* mean,
-                   acc_t<T>* rstd, std::int64_t dim) {
+                   acc_t<T>* rstd, std::int64_t rows, std::int64_t dim) {
   using C = acc_t<T>;
-  __shared__ double scratch[32];
-  std::int64_t row = blockIdx.x;
-  int chunks = static_cast<int>(dim / V);
-  CachedRow<V, T> xr;
-  xr.fill(x + row * dim, chunks);
-  auto n = static_cast<double>(dim);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  if (row >= rows) return;  // whole warps leave together
+  const int chunks = static_cast<int>(dim / V);
+  WarpRow<V, T, K, kGelu> xr;
+  xr.fill(x + row * dim, chunks, lane);
+  const auto n = static_cast<double>(dim);
   C sum = 0;
-  for_chunks(chunks, [&](int c, int q) {
+  for_lane_chunks<K>(chunks, lane, [&](int c, int q) {
     C v[V];
     xr.get(c, q, v);
-    prologue<kGelu, T>(v);
 #pragma unroll
     for (int e = 0; e < V; ++e) sum += v[e];
   });
-  double total[1] = {static_cast<double>(sum)};
-  block_sum(total, scratch);
-  auto m = static_cast<C>(total[0] / n);
+  const auto m = static_cast<C>(warp_sum(static_cast<double>(sum)) / n);
   C squares = 0;
-  for_chunks(chunks, [&](int c, int q) {
+  for_lane_chunks<K>(chunks, lane, [&](int c, int q) {
     C v[V];
     xr.get(c, q, v);
-    prologue<kGelu, T>(v);
 #pragma unroll
     for (int e = 0; e < V; ++e) squares += (v[e] - m) * (v[e] - m);
   });
-  total[0] = static_cast<double>(squares);
-  block_sum(total, scratch);
-  auto rs = static_cast<C>(1.0 / sqrt(total[0] / n + eps));
+  const auto rs = static_cast<C>(1.0 / sqrt(warp_sum(static_cast<double>(squares)) / n + eps));
   Y* yr = y + row * dim;
-  for_chunks(chunks, [&](int c, int q) {
+  for_lane_chunks<K>(chunks, lane, [&](int c, int q) {
     C v[V];
     C w[V];
     xr.get(c, q, v);
-    prologue<kGelu, T>(v);
-    std::int64_t j = static_cast<std::int64_t>(q) * V;
+    const std::int64_t j = static_cast<std::int64_t>(q) * V;
     load_affine<W, V>(weight, j, w);
 #pragma unroll
     for (int e = 0; e < V; ++e) {
@@ -179,141 +176,145 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     }
     store_chunk<V>(yr + j, v);
   });
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     mean[row] = m;
     rstd[row] = rs;
   }
 }
 
-// Rows [blockIdx.x * block_rows, +block_rows): dx = rstd * (gy - mean(gy) - xhat *
-// mean(gy * xhat)) with gy = dy * weight, the two means added over the block in f64 as in
-// the forward; and, when partial_w or partial_b is given, this block's sums of dy * xhat and
-// dy per column (in C, f32 or f64, over its rows in order), written to row blockIdx.x of
-// the partials.
-// Each thread owns its columns, so the sums need no atomics: the cached chunks' sums stay
-// in registers, wider rows add the rest into the partials in place.
+// The backward in two kernels, each at memory speed: row_terms_kernel takes the two means
+// that dx needs from each row (one warp per row, one pass: nothing to keep in registers),
+// then columns_kernel walks the rows by columns, writing dx and adding the weight and bias
+// sums. Both read x and dy; a single kernel that kept whole rows in registers ran at a
+// quarter of memory speed on the FFN's 3072-wide rows (too few warps an SM, and the GELU's
+// arithmetic not hidden).
+
+// terms[2 row] = mean(gy), terms[2 row + 1] = mean(gy * xhat), gy = dy * weight, each
+// lane's elements summed in C and the lanes' sums added in f64 (rounded once to C).
 template <class T, class Y, class W, int V, bool kGelu>
-__global__ void __launch_bounds__(kMaxRowThreads)
-    backward_kernel(const Y* g, const T* x, const W* weight, const acc_t<T>* mean,
-                    const acc_t<T>* rstd, T* dx, acc_t<T>* partial_w, acc_t<T>* partial_b,
-                    std::int64_t rows, std::int64_t dim, std::int64_t block_rows) {
+__global__ void __launch_bounds__(kRowThreads)
+    row_terms_kernel(const Y* g, const T* x, const W* weight, const acc_t<T>* mean,
+                     const acc_t<T>* rstd, acc_t<T>* terms, std::int64_t rows, std::int64_t dim) {
   using C = acc_t<T>;
-  __shared__ double scratch[64];
-  int chunks = static_cast<int>(dim / V);
-  std::int64_t begin = static_cast<std::int64_t>(blockIdx.x) * block_rows;
-  std::int64_t end = begin + block_rows < rows ? begin + block_rows : rows;
-  bool sums = partial_w != nullptr || partial_b != nullptr;
-  C* own_w = partial_w != nullptr ? partial_w + blockIdx.x * dim : nullptr;
-  C* own_b = partial_b != nullptr ? partial_b + blockIdx.x * dim : nullptr;
-  C acc_w[kCachedChunks][V] = {};
-  C acc_b[kCachedChunks][V] = {};
-  if (sums) {
-    for_chunks(chunks, [&](int c, int q) {
-      if (c < kCachedChunks) return;
-      for (int e = 0; e < V; ++e) {
-        std::int64_t j = static_cast<std::int64_t>(q) * V + e;
-        if (own_w != nullptr) own_w[j] = 0;
-        if (own_b != nullptr) own_b[j] = 0;
-      }
-    });
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
+  if (row >= rows) return;  // whole warps leave together
+  const int chunks = static_cast<int>(dim / V);
+  const C m = mean[row];
+  const C rs = rstd[row];
+  const T* xr = x + row * dim;
+  const Y* gr = g + row * dim;
+  C sum_gy = 0;
+  C sum_gy_xhat = 0;
+  for (int q = lane; q < chunks; q += 32) {
+    const std::int64_t j = static_cast<std::int64_t>(q) * V;
+    const Chunk<V, T> xc = load_chunk<V>(xr + j);
+    const Chunk<V, Y> gc = load_chunk<V>(gr + j);
+    C v[V];
+    C w[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = static_cast<C>(xc.v[e]);
+    prologue<kGelu, T>(v);
+    load_affine<W, V>(weight, j, w);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const C gy = static_cast<C>(gc.v[e]) * w[e];
+      sum_gy += gy;
+      sum_gy_xhat += gy * ((v[e] - m) * rs);
+    }
   }
-  auto n = static_cast<double>(dim);
-  CachedRow<V, T> xr;
-  CachedRow<V, Y> gr;
-  for (std::int64_t row = begin; row < end; ++row) {
-    xr.fill(x + row * dim, chunks);
-    gr.fill(g + row * dim, chunks);
-    C m = mean[row];
-    C rs = rstd[row];
-    // The chunk at (c, q): xhat, dy and gy.
-    auto load = [&](int c, int q, C(&xhat)[V], C(&dy)[V], C(&gy)[V]) {
-      C w[V];
-      xr.get(c, q, xhat);
-      prologue<kGelu, T>(xhat);
-      gr.get(c, q, dy);
-      load_affine<W, V>(weight, static_cast<std::int64_t>(q) * V, w);
+  const auto n = static_cast<double>(dim);
+  const double a = warp_sum(static_cast<double>(sum_gy)) / n;
+  const double b = warp_sum(static_cast<double>(sum_gy_xhat)) / n;
+  if (lane == 0) {
+    terms[2 * row] = static_cast<C>(a);
+    terms[2 * row + 1] = static_cast<C>(b);
+  }
+}
+
+// Rows [blockIdx.y * block_rows, + block_rows), one chunk of V columns a thread
+// (consecutive lanes, consecutive chunks: a warp reads 32 chunks of a row at once), the
+// loads of kColumnUnroll rows in flight. Writes dx = rstd * (gy - a - xhat * b) (with kGelu
+// times gelu'(x)) where dx is given, and where the partials are given, the sums of dy * xhat
+// and dy over the block's rows in row order (in C) to row blockIdx.y of them.
+template <class T, class Y, class W, int V, bool kGelu>
+__global__ void __launch_bounds__(kRowThreads)
+    columns_kernel(const Y* g, const T* x, const W* weight, const acc_t<T>* mean,
+                   const acc_t<T>* rstd, const acc_t<T>* terms, T* dx, acc_t<T>* partial_w,
+                   acc_t<T>* partial_b, std::int64_t rows, std::int64_t dim,
+                   std::int64_t block_rows) {
+  using C = acc_t<T>;
+  const std::int64_t q = static_cast<std::int64_t>(blockIdx.x) * kRowThreads + threadIdx.x;
+  if (q >= dim / V) return;
+  const std::int64_t begin = static_cast<std::int64_t>(blockIdx.y) * block_rows;
+  const std::int64_t end = begin + block_rows < rows ? begin + block_rows : rows;
+  const std::int64_t j = q * V;
+  C w[V];
+  load_affine<W, V>(weight, j, w);
+  C sum_w[V] = {};
+  C sum_b[V] = {};
+  for (std::int64_t row = begin; row < end; row += kColumnUnroll) {
+    Chunk<V, T> xs[kColumnUnroll];
+    Chunk<V, Y> gs[kColumnUnroll];
+#pragma unroll
+    for (int u = 0; u < kColumnUnroll; ++u) {
+      if (row + u < end) {
+        xs[u] = load_chunk<V>(x + (row + u) * dim + j);
+        gs[u] = load_chunk<V>(g + (row + u) * dim + j);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kColumnUnroll; ++u) {
+      const std::int64_t r = row + u;
+      if (r >= end) break;
+      const C m = mean[r];
+      const C rs = rstd[r];
+      C v[V];
+      C dy[V];
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        v[e] = static_cast<C>(xs[u].v[e]);
+        dy[e] = static_cast<C>(gs[u].v[e]);
+      }
+      C xhat[V];
+#pragma unroll
+      for (int e = 0; e < V; ++e) xhat[e] = static_cast<C>(static_cast<T>(gelu_if<kGelu>(v[e])));
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         xhat[e] = (xhat[e] - m) * rs;
-        gy[e] = dy[e] * w[e];
+        sum_w[e] += dy[e] * xhat[e];
+        sum_b[e] += dy[e];
       }
-    };
-    if (dx != nullptr) {
-      C sum_gy = 0;
-      C sum_gy_xhat = 0;
-      for_chunks(chunks, [&](int c, int q) {
-        C xhat[V];
-        C dy[V];
-        C gy[V];
-        load(c, q, xhat, dy, gy);
+      if (dx == nullptr) continue;
+      const C a = terms[2 * r];
+      const C b = terms[2 * r + 1];
+      C out[V];
 #pragma unroll
-        for (int e = 0; e < V; ++e) {
-          sum_gy += gy[e];
-          sum_gy_xhat += gy[e] * xhat[e];
-        }
-      });
-      double total[2] = {static_cast<double>(sum_gy), static_cast<double>(sum_gy_xhat)};
-      block_sum(total, scratch);
-      auto a = static_cast<C>(total[0] / n);
-      auto b = static_cast<C>(total[1] / n);
-      T* dxr = dx + row * dim;
-      for_chunks(chunks, [&](int c, int q) {
-        C xhat[V];
-        C dy[V];
-        C gy[V];
-        load(c, q, xhat, dy, gy);
-#pragma unroll
-        for (int e = 0; e < V; ++e) gy[e] = rs * (gy[e] - a - xhat[e] * b);
-        if constexpr (kGelu) {
-          C u[V];
-          xr.get(c, q, u);
-#pragma unroll
-          for (int e = 0; e < V; ++e) gy[e] *= gelu_grad(u[e]);
-        }
-        store_chunk<V>(dxr + static_cast<std::int64_t>(q) * V, gy);
-      });
-    }
-    if (!sums) continue;
-    for_chunks(chunks, [&](int c, int q) {
-      C xhat[V];
-      C dy[V];
-      C gy[V];
-      load(c, q, xhat, dy, gy);
-      if (c < kCachedChunks) {
-        int k = c < kCachedChunks ? c : 0;
-#pragma unroll
-        for (int e = 0; e < V; ++e) {
-          acc_w[k][e] += dy[e] * xhat[e];
-          acc_b[k][e] += dy[e];
-        }
-        return;
-      }
       for (int e = 0; e < V; ++e) {
-        std::int64_t j = static_cast<std::int64_t>(q) * V + e;
-        if (own_w != nullptr) own_w[j] += dy[e] * xhat[e];
-        if (own_b != nullptr) own_b[j] += dy[e];
+        out[e] = rs * (dy[e] * w[e] - a - xhat[e] * b);
+        if constexpr (kGelu) out[e] *= gelu_grad(v[e]);
       }
-    });
-  }
-  if (!sums) return;
-  for_chunks(chunks, [&](int c, int q) {
-    if (c >= kCachedChunks) return;
-    int k = c < kCachedChunks ? c : 0;
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      std::int64_t j = static_cast<std::int64_t>(q) * V + e;
-      if (own_w != nullptr) own_w[j] = acc_w[k][e];
-      if (own_b != nullptr) own_b[j] = acc_b[k][e];
+      store_chunk<V>(dx + r * dim + j, out);
     }
-  });
+  }
+  const std::int64_t at = static_cast<std::int64_t>(blockIdx.y) * dim + j;
+#pragma unroll
+  for (int e = 0; e < V; ++e) {
+    if (partial_w != nullptr) partial_w[at + e] = sum_w[e];
+    if (partial_b != nullptr) partial_b[at + e] = sum_b[e];
+  }
 }
 
-// Threads per row block for rows of dim elements in chunks of V: one chunk each, in whole
-// warps, at most kMaxRowThreads.
-unsigned row_threads(std::int64_t dim, int v) {
-  std::int64_t chunks = dim / v;
-  std::int64_t warps = (chunks + 31) / 32;
-  return static_cast<unsigned>(std::min<std::int64_t>(warps * 32, kMaxRowThreads));
+// Calls f with the chunks per lane kept in registers for rows of dim elements in chunks of
+// V.
+template <class F>
+void with_cached_chunks(std::int64_t dim, int v, F&& f) {
+  if (dim / v <= 32 * kFewChunks) return f(std::integral_constant<int, kFewChunks>{});
+  f(std::integral_constant<int, kManyChunks>{});
+}
+
+unsigned row_blocks(std::int64_t rows) {
+  return static_cast<unsigned>((rows + kRowWarps - 1) / kRowWarps);
 }
 
 // Calls f with the chunk width the rows allow: 16 bytes of T when every row of every
@@ -407,12 +408,14 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
         using W = typename decltype(wtag)::type;
         using Y = typename decltype(ytag)::type;
         with_chunk_width<T>(dim, {x.raw_data(), y.raw_data()}, [&](auto width) {
-          with_gelu(gelu_first, [&](auto gelu) {
-            constexpr int kV = decltype(width)::value;
-            forward_kernel<T, Y, W, kV, decltype(gelu)::value>
-                <<<static_cast<unsigned>(rows), row_threads(dim, kV), 0, stream_for(x.device())>>>(
-                    device_ptr<const T>(x), ptr_or_null<W>(weight), ptr_or_null<W>(bias), eps,
-                    device_ptr<Y>(y), device_ptr<C>(mean), device_ptr<C>(rstd), dim);
+          constexpr int kV = decltype(width)::value;
+          with_cached_chunks(dim, kV, [&](auto cached) {
+            with_gelu(gelu_first, [&](auto gelu) {
+              forward_kernel<T, Y, W, kV, decltype(gelu)::value, decltype(cached)::value>
+                  <<<row_blocks(rows), kRowThreads, 0, stream_for(x.device())>>>(
+                      device_ptr<const T>(x), ptr_or_null<W>(weight), ptr_or_null<W>(bias), eps,
+                      device_ptr<Y>(y), device_ptr<C>(mean), device_ptr<C>(rstd), rows, dim);
+            });
           });
         });
       });
@@ -433,16 +436,15 @@ void layer_norm_backward(const Tensor& g, const Tensor& x, bool gelu_first, cons
   DType affine = affine_dtype(x, weight, dweight.defined() ? dweight : dbias);
   // With no rows the sums are 0: one block of no rows writes the zero partials.
   std::int64_t block_rows =
-      std::max(kBackwardRows, (rows + kMaxBackwardBlocks - 1) / kMaxBackwardBlocks);
+      std::max(kColumnRows, (rows + kMaxColumnRowBlocks - 1) / kMaxColumnRowBlocks);
   std::int64_t blocks = std::max<std::int64_t>((rows + block_rows - 1) / block_rows, 1);
   dispatch_device_floating(x.dtype(), "layer_norm backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
-    DType partial_dtype = std::is_same_v<C, double> ? DType::f64 : DType::f32;
-    Tensor partial_w =
-        dweight.defined() ? empty({blocks, dim}, {partial_dtype, x.device()}) : Tensor();
-    Tensor partial_b =
-        dbias.defined() ? empty({blocks, dim}, {partial_dtype, x.device()}) : Tensor();
+    DType acc_dtype = std::is_same_v<C, double> ? DType::f64 : DType::f32;
+    Tensor partial_w = dweight.defined() ? empty({blocks, dim}, {acc_dtype, x.device()}) : Tensor();
+    Tensor partial_b = dbias.defined() ? empty({blocks, dim}, {acc_dtype, x.device()}) : Tensor();
+    Tensor terms = dx.defined() ? empty({rows, 2}, {acc_dtype, x.device()}) : Tensor();
     C* pw = partial_w.defined() ? device_ptr<C>(partial_w) : nullptr;
     C* pb = partial_b.defined() ? device_ptr<C>(partial_b) : nullptr;
     with_affine_type<T>(affine, [&](auto wtag) {
@@ -452,17 +454,28 @@ void layer_norm_backward(const Tensor& g, const Tensor& x, bool gelu_first, cons
       with_output_type<T>(g.dtype(), [&](auto ytag) {
         using Y = typename decltype(ytag)::type;
         with_chunk_width<T>(dim, aligned, [&](auto width) {
+          constexpr int kV = decltype(width)::value;
           with_gelu(gelu_first, [&](auto gelu) {
-            constexpr int kV = decltype(width)::value;
-            backward_kernel<T, Y, W, kV, decltype(gelu)::value>
-                <<<static_cast<unsigned>(blocks), row_threads(dim, kV), 0, stream>>>(
-                    device_ptr<const Y>(g), device_ptr<const T>(x), ptr_or_null<W>(weight),
-                    device_ptr<const C>(mean), device_ptr<const C>(rstd),
-                    dx.defined() ? device_ptr<T>(dx) : nullptr, pw, pb, rows, dim, block_rows);
+            constexpr bool kGelu = decltype(gelu)::value;
+            if (dx.defined() && rows > 0) {
+              row_terms_kernel<T, Y, W, kV, kGelu><<<row_blocks(rows), kRowThreads, 0, stream>>>(
+                  device_ptr<const Y>(g), device_ptr<const T>(x), ptr_or_null<W>(weight),
+                  device_ptr<const C>(mean), device_ptr<const C>(rstd), device_ptr<C>(terms), rows,
+                  dim);
+              LN_CUDA_CHECK(cudaGetLastError());
+            }
+            std::int64_t chunks = dim / kV;
+            dim3 grid(static_cast<unsigned>((chunks + kRowThreads - 1) / kRowThreads),
+                      static_cast<unsigned>(blocks));
+            columns_kernel<T, Y, W, kV, kGelu><<<grid, kRowThreads, 0, stream>>>(
+                device_ptr<const Y>(g), device_ptr<const T>(x), ptr_or_null<W>(weight),
+                device_ptr<const C>(mean), device_ptr<const C>(rstd),
+                dx.defined() ? device_ptr<const C>(terms) : nullptr,
+                dx.defined() ? device_ptr<T>(dx) : nullptr, pw, pb, rows, dim, block_rows);
+            LN_CUDA_CHECK(cudaGetLastError());
           });
         });
       });
-      LN_CUDA_CHECK(cudaGetLastError());
       auto column_blocks = static_cast<unsigned>((dim + kPartialColumns - 1) / kPartialColumns);
       for (auto [partial, out] : {std::pair{pw, dweight}, std::pair{pb, dbias}}) {
         if (partial == nullptr) continue;

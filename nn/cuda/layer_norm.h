@@ -1,6 +1,6 @@
 // Fused LayerNorm on the GPU; nn/layer_norm.cpp validates, allocates and holds the CPU
-// oracle. The statistics are the cpu's two passes, each thread's few elements summed in f32
-// (f64 for f64 x) and the threads' sums in f64, stored as f32 (f64 for f64 x).
+// oracle. One warp per row. The statistics are the cpu's two passes, each lane's few elements
+// summed in f32 (f64 for f64 x) and the lanes' sums in f64, stored as f32 (f64 for f64 x).
 #pragma once
 
 #include "tensor/tensor.h"
@@ -17,8 +17,9 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
 // g (y's dtype) and x (..., D) contiguous, mean and rstd from the forward pass. Writes
 // whichever of dx (x's shape), dweight and dbias (D) are defined; with gelu_first (as in the
 // forward) dx is the gradient of x through the GELU. The row sums of dweight and dbias are
-// taken over blocks of 32 consecutive rows in row order (in f32, f64 for f64 x), then over
-// the blocks in f64 in a fixed order: the same bits on every run.
+// taken over blocks of consecutive rows in row order (at least 32 rows, at most 256 blocks;
+// in f32, f64 for f64 x), then over the blocks in f64 in a fixed order: the same bits on
+// every run.
 void layer_norm_backward(const Tensor& g, const Tensor& x, bool gelu_first, const Tensor& weight,
                          const Tensor& mean, const Tensor& rstd, const Tensor& dx,
                          const Tensor& dweight, const Tensor& dbias);
