@@ -115,7 +115,9 @@ TEST_SUITE("gpu") {
   TEST_CASE("linear on the GPU with a frozen weight or bias gives the other gradients") {
     Generator gen(302);
     for (DType dtype : {DType::f32, DType::bf16}) {
-      for (auto [need_w, need_b] : {std::pair{false, true}, std::pair{true, false}}) {
+      for (const auto& needs : {std::pair{false, true}, std::pair{true, false}}) {
+        const bool need_w = needs.first;
+        const bool need_b = needs.second;
         CAPTURE(name(dtype));
         CAPTURE(need_w);
         CAPTURE(need_b);

@@ -71,9 +71,13 @@ TEST_SUITE("gpu") {
          {Shape{3, 37, 96}, Shape{20000, 64}, Shape{70001, 8}, Shape{5, 1000}, Shape{2, 33, 768},
           Shape{40, 3072}, Shape{3, 9000}, Shape{3, 20001}, Shape{35, 70}}) {
       // bf16 with f32 parameters is mixed precision.
-      for (auto [dtype, param_dtype] :
+      // (Named copies, not structured bindings: lambdas, CAPTURE's included, cannot take
+      // those before C++20 compilers caught up, clang 14's among them.)
+      for (const auto& types :
            {std::pair{DType::f32, DType::f32}, std::pair{DType::bf16, DType::bf16},
             std::pair{DType::bf16, DType::f32}}) {
+        const DType dtype = types.first;
+        const DType param_dtype = types.second;
         for (bool affine : {true, false}) {
           if (!affine && param_dtype != dtype) continue;
           CAPTURE(str(shape));
@@ -141,11 +145,13 @@ TEST_SUITE("gpu") {
 
   TEST_CASE("gelu_layer_norm on the GPU matches gelu then layer_norm on the CPU") {
     Generator gen(104);
-    for (auto [shape, dtype, param_dtype] :
-         {std::tuple{Shape{2, 33, 3072}, DType::bf16, DType::f32},
-          std::tuple{Shape{3, 9000}, DType::bf16, DType::f32},
-          std::tuple{Shape{5, 100}, DType::f32, DType::f32},
-          std::tuple{Shape{40, 96}, DType::bf16, DType::bf16}}) {
+    for (const auto& c : {std::tuple{Shape{2, 33, 3072}, DType::bf16, DType::f32},
+                          std::tuple{Shape{3, 9000}, DType::bf16, DType::f32},
+                          std::tuple{Shape{5, 100}, DType::f32, DType::f32},
+                          std::tuple{Shape{40, 96}, DType::bf16, DType::bf16}}) {
+      const Shape& shape = std::get<0>(c);
+      const DType dtype = std::get<1>(c);
+      const DType param_dtype = std::get<2>(c);
       CAPTURE(str(shape));
       CAPTURE(name(dtype));
       std::int64_t dim = shape.back();
@@ -214,8 +220,10 @@ TEST_SUITE("gpu") {
     Generator gen(105);
     // f32 rows of 70 (one-element chunks), bf16 rows of 3072 through the GELU (16-byte
     // chunks), 1001 rows: a last row block shorter than the others and than the unrolling.
-    for (auto [dtype, dim, gelu_first] :
-         {std::tuple{DType::f32, 70, false}, std::tuple{DType::bf16, 3072, true}}) {
+    for (const auto& c : {std::tuple{DType::f32, 70, false}, std::tuple{DType::bf16, 3072, true}}) {
+      const DType dtype = std::get<0>(c);
+      const std::int64_t dim = std::get<1>(c);
+      const bool gelu_first = std::get<2>(c);
       CAPTURE(name(dtype));
       std::int64_t rows = 1001;
       Tensor x = gpu(random_tensor({rows, dim}, gen, dtype, 2.0));
@@ -298,8 +306,8 @@ TEST_SUITE("gpu") {
   TEST_CASE("cross_entropy on the GPU rejects an out-of-range target with the CPU's message") {
     Generator gen(203);
     Tensor logits = random_tensor({6, 5}, gen, DType::f32);
-    for (std::vector<std::int64_t> t : {std::vector<std::int64_t>{0, 5, 1, 9, -100, 1},
-                                        std::vector<std::int64_t>{0, 1, -100, -2, 1, 1}}) {
+    for (const std::vector<std::int64_t>& t : {std::vector<std::int64_t>{0, 5, 1, 9, -100, 1},
+                                               std::vector<std::int64_t>{0, 1, -100, -2, 1, 1}}) {
       for (DType dtype : {DType::i64, DType::i32}) {
         Tensor targets = to(from_data(t, {6}), dtype);
         std::string on_cpu = error_of([&] { cross_entropy(Variable(logits), targets); });
@@ -388,7 +396,7 @@ TEST_SUITE("gpu") {
       cuda::embedding_backward(index, g, dw);
       auto v = host_values(dw);
       for (double x : v) REQUIRE(std::isfinite(x));
-      for (std::size_t i = 3 * 33; i < v.size(); ++i) REQUIRE(v[i] == 0.0);
+      for (std::size_t i = std::size_t{3} * 33; i < v.size(); ++i) REQUIRE(v[i] == 0.0);
       if (run == 0) first = v;
       if (run == 1) CHECK(v == first);
     }
@@ -402,7 +410,7 @@ TEST_SUITE("gpu") {
   TEST_CASE("embedding on the GPU rejects an out-of-range index with the CPU's message") {
     Generator gen(303);
     Variable weight(random_tensor({6, 4}, gen, DType::f32));
-    for (std::vector<std::int64_t> idx :
+    for (const std::vector<std::int64_t>& idx :
          {std::vector<std::int64_t>{0, 6, 2, 7}, std::vector<std::int64_t>{1, 2, -1, 3}}) {
       Tensor index = from_data(idx, {2, 2});
       std::string on_cpu = error_of([&] { embedding(index, weight); });
