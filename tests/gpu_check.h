@@ -3,9 +3,12 @@
 // TEST_SUITE("gpu"), which the runner skips on machines without a device.
 #pragma once
 
+#include <doctest/doctest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "tensor/copy.h"
@@ -54,6 +57,18 @@ inline double relative_error(const Tensor& got, const Tensor& expected) {
     scale = std::max(scale, std::abs(e[i]));
   }
   return diff / scale;
+}
+
+// t copied to the GPU.
+inline Tensor gpu(const Tensor& t) { return to(t, kGpu); }
+
+// A GPU result against the CPU oracle: defined, on the GPU, within tol (relative_error).
+inline void check_close(const Tensor& got, const Tensor& expected, double tol,
+                        const std::string& what) {
+  REQUIRE(got.defined());
+  CHECK_MESSAGE(got.device() == kGpu, what, ": on the host");
+  double err = relative_error(got, expected);
+  CHECK_MESSAGE(err <= tol, what, ": relative error ", err, " > ", tol);
 }
 
 // How attention inputs lie in GPU memory. bf16 with D == Dv in {32, 64, 128} runs on tensor

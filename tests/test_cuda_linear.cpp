@@ -25,19 +25,11 @@
 namespace longnet {
 namespace {
 
+using testing::check_close;
+using testing::gpu;
 using testing::kGpu;
 using testing::poisoned;
-using testing::relative_error;
 using testing::tolerance_for;
-
-Tensor gpu(const Tensor& t) { return to(t, kGpu); }
-
-void check_close(const Tensor& got, const Tensor& expected, double tol, const std::string& what) {
-  REQUIRE(got.defined());
-  CHECK_MESSAGE(got.device() == kGpu, what, ": on the host");
-  double err = relative_error(got, expected);
-  CHECK_MESSAGE(err <= tol, what, ": relative error ", err, " > ", tol);
-}
 
 // The dtype the CPU oracle computes in for GPU inputs of dtype (see the file comment).
 DType oracle_dtype(DType dtype) { return dtype == DType::f32 ? DType::f64 : dtype; }

@@ -31,24 +31,13 @@
 namespace longnet {
 namespace {
 
+using testing::check_close;
 using testing::error_of;
+using testing::gpu;
+using testing::host_values;
 using testing::kGpu;
 using testing::poisoned;
-using testing::relative_error;
 using testing::tolerance_for;
-
-Tensor gpu(const Tensor& t) { return to(t, kGpu); }
-
-void check_close(const Tensor& got, const Tensor& expected, double tol, const std::string& what) {
-  REQUIRE(got.defined());
-  double err = relative_error(got, expected);
-  CHECK_MESSAGE(err <= tol, what, ": relative error ", err, " > ", tol);
-}
-
-// Elements read back as f64, for exact comparisons.
-std::vector<double> host_values(const Tensor& t) {
-  return to(t, Device::cpu()).to_vector<double>();
-}
 
 // Random values scaled by scale, created on the cpu in dtype.
 Tensor random_tensor(const Shape& shape, Generator& gen, DType dtype, double scale = 1.0) {
