@@ -71,6 +71,7 @@ def main():
     idle_before = collections.Counter()
     reach = t0
     for start, end, corr, what, kind in part:
+        label = short(names.get(what, what)) if kind == "K" else {"C": "copy", "S": "memset"}[kind]
         gap = start - reach
         if gap > args.min_gap_us * 1e3:
             launch = launch_of.get(corr)
@@ -91,11 +92,9 @@ def main():
                            if longest else 0)
                 cause = longest[3] if covered > 0.3 * (launch[0] - reach) else "host"
             idle[cause] += gap
-            label = short(names.get(what, what)) if kind == "K" else {"C": "copy", "S": "memset"}[kind]
             idle_before[label] += gap
         busy += max(0, end - max(start, reach))
         reach = max(reach, end)
-        label = short(names.get(what, what)) if kind == "K" else {"C": "copy", "S": "memset"}[kind]
         by_name[label][0] += end - start
         by_name[label][1] += 1
 

@@ -118,13 +118,6 @@ __device__ __forceinline__ void for_lane_chunks(int chunks, int lane, F&& f) {
   for (int q = 32 * K + lane; q < chunks; q += 32) f(K, q);
 }
 
-// gelu(v) with kGelu, else v.
-template <bool kGelu, class C>
-__device__ __forceinline__ C gelu_if(C v) {
-  if constexpr (kGelu) return gelu(v);
-  return v;
-}
-
 template <class W, int V, class C>
 __device__ __forceinline__ void load_affine(const W* p, std::int64_t j, C (&out)[V]) {
 #pragma unroll
@@ -278,7 +271,8 @@ __global__ void __launch_bounds__(kRowThreads)
       }
       C xhat[V];
 #pragma unroll
-      for (int e = 0; e < V; ++e) xhat[e] = static_cast<C>(static_cast<T>(gelu_if<kGelu>(v[e])));
+      for (int e = 0; e < V; ++e) xhat[e] = v[e];
+      prologue<kGelu, T>(xhat);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
         xhat[e] = (xhat[e] - m) * rs;
