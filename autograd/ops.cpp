@@ -378,4 +378,12 @@ Variable to(const Variable& x, DType dtype) {
                      [=](const Tensor& g) -> Grads { return {to(g, from)}; });
 }
 
+Variable add_converted(const Variable& x, const Variable& u) {
+  DType from = u.dtype();
+  return make_result(add_converted(x.data(), u.data()), {x, u}, "add_converted",
+                     [=](const Tensor& g) -> Grads {
+                       return {g, to(g, from)};
+                     });
+}
+
 }  // namespace longnet

@@ -79,5 +79,8 @@ Variable unsqueeze(const Variable& x, std::int64_t dim);
 Variable squeeze(const Variable& x, std::int64_t dim);
 Variable contiguous(const Variable& x);
 Variable to(const Variable& x, DType dtype);
+// x + to(u, x.dtype()) as one op (see the tensor add_converted); u's gradient is x's in u's
+// dtype.
+Variable add_converted(const Variable& x, const Variable& u);
 
 }  // namespace longnet

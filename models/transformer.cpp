@@ -67,10 +67,12 @@ MultiheadAttentionConfig attention_config(const LayerConfig& c, AttentionConfig 
   return m;
 }
 
-// x + dropout(update), the update brought to the residual stream's dtype.
+// x + dropout(update), the update brought to the residual stream's dtype (in the same pass
+// as the add).
 Variable residual(const Variable& x, const Variable& update, double p, Generator& gen,
                   bool training) {
-  return add(x, in_dtype(dropout(update, p, gen, training), x.dtype()));
+  Variable u = dropout(update, p, gen, training);
+  return u.dtype() == x.dtype() ? add(x, u) : add_converted(x, u);
 }
 
 // ffn(h) over sequence chunks of at most chunk positions, each a checkpoint; chunk 0: whole.

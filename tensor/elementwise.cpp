@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "tensor/copy.h"
 #include "tensor/cpu/loop.h"
 #include "tensor/creation.h"
 #include "tensor/cuda/elementwise.h"
@@ -231,6 +232,21 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   Tensor out = empty(broadcast_shapes(a.shape(), b.shape(), name(op)), {a.dtype(), a.device()});
   binary_out(op, a, b, out);
   return out;
+}
+
+Tensor add_converted(const Tensor& x, const Tensor& u) {
+  check_defined(x, "add_converted");
+  check_defined(u, "add_converted");
+  check_same_device(x, u, "add_converted");
+  LN_CHECK(is_floating(x.dtype()) && is_floating(u.dtype()),
+           "add_converted: needs floating dtypes, got ", describe(x), " and ", describe(u));
+  LN_CHECK(x.shape() == u.shape(), "add_converted: shapes differ: ", describe(x), " and ",
+           describe(u));
+  if (x.device().is_cuda()) {
+    Tensor out = empty(x.shape(), {x.dtype(), x.device()});
+    if (cuda::add_converted(x, u, out)) return out;
+  }
+  return add(x, to(u, x.dtype()));
 }
 
 void add_(const Tensor& dst, const Tensor& src) { binary_out(BinaryOp::add, dst, src, dst); }

@@ -61,6 +61,11 @@ inline Tensor pow(const Tensor& a, const Tensor& b) { return binary(BinaryOp::po
 inline Tensor maximum(const Tensor& a, const Tensor& b) { return binary(BinaryOp::maximum, a, b); }
 inline Tensor minimum(const Tensor& a, const Tensor& b) { return binary(BinaryOp::minimum, a, b); }
 
+// x + to(u, x.dtype()), the same values as the two ops; on a GPU, where x is f32 and u bf16
+// (a residual stream and a layer's update in mixed precision; that conversion is exact), in
+// one pass over x and u. x and u floating, of one shape and device.
+Tensor add_converted(const Tensor& x, const Tensor& u);
+
 // x op scalar, the scalar taking x's dtype and device.
 Tensor add(const Tensor& x, double s);
 Tensor mul(const Tensor& x, double s);

@@ -136,6 +136,20 @@ TEST_SUITE("autograd") {
     CHECK(b.grad().dtype() == DType::bf16);
   }
 
+  TEST_CASE("add_converted adds in x's dtype; u's gradient comes back in u's") {
+    Variable x = leaf({1, 2, 3}, {3});
+    Variable u(to(from_data<float>({0.5F, -1, 4}, {3}), DType::bf16), true);
+    Variable y = add_converted(x, u);
+    CHECK(y.dtype() == DType::f32);
+    CHECK(y.data().to_vector<float>() == std::vector<float>{1.5, 1, 7});
+    sum(mul(y, Variable(from_data<float>({2, 3, 0.25F}, {3})))).backward();
+    CHECK(grad_of(x) == std::vector<float>{2, 3, 0.25});
+    CHECK(u.grad().dtype() == DType::bf16);
+    CHECK(u.grad().to_vector<float>() == std::vector<float>{2, 3, 0.25});
+    Variable short_u(from_data<float>({1, 2}, {2}), true);
+    CHECK(error_of([&] { add_converted(x, short_u); }).find("shapes differ") != std::string::npos);
+  }
+
   TEST_CASE("a deep chain runs backward without recursion limits") {
     Variable x = leaf({1}, {1});
     Variable y = x;

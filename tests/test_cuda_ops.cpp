@@ -481,6 +481,30 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE("add_converted on the GPU equals a cast and an add on the CPU, fused or not") {
+    Generator gen(23);
+    // 1003 elements: a tail after the kernel's 8-wide steps. f32 + bf16 at an offset of one
+    // element (not 16-byte aligned), f64 + f32 and a narrowing f32 + f64 take the unfused path.
+    for (auto [x_dtype, u_dtype] :
+         {std::pair{DType::f32, DType::bf16}, std::pair{DType::f64, DType::f32},
+          std::pair{DType::f32, DType::f64}}) {
+      for (std::int64_t offset : {0, 1}) {
+        CAPTURE(name(x_dtype));
+        CAPTURE(name(u_dtype));
+        CAPTURE(offset);
+        Tensor xs = draw({{1004}}, x_dtype, gen);
+        Tensor us = draw({{1004}}, u_dtype, gen);
+        Tensor expected =
+            add(narrow(xs, 0, offset, 1003), to(narrow(us, 0, offset, 1003), x_dtype));
+        Tensor got = add_converted(narrow(to(xs, kGpu), 0, offset, 1003),
+                                   narrow(to(us, kGpu), 0, offset, 1003));
+        CHECK(got.device() == kGpu);
+        CHECK(got.dtype() == x_dtype);
+        CHECK(relative_error(got, expected) == 0);
+      }
+    }
+  }
+
   TEST_CASE("sum, mean and sum_to on the GPU match the CPU, values and gradients") {
     run_family({"sum ", "mean ", "sum_to "});
   }

@@ -49,6 +49,7 @@ void draw_integers(const Tensor&, std::int64_t, std::uint64_t, std::uint64_t, st
 }
 void unary(UnaryOp, const Tensor&, const Tensor&) { no_cuda(); }
 void binary(BinaryOp, const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
+bool add_converted(const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
 void where(const Tensor&, const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
 void sum(const Tensor&, const std::vector<std::int64_t>&, const Tensor&) { no_cuda(); }
 void max(const Tensor&, std::int64_t, const Tensor&, const Tensor&) { no_cuda(); }

@@ -232,6 +232,28 @@ __global__ void where_strided(const K* cond, const T* a, const T* b, T* out,
   }
 }
 
+// out = x + u for f32 x and out and bf16 u, 8 elements (two 16-byte loads of x, one of u) a
+// step; the bf16 -> f32 conversion is exact, so the sums are those of a cast and an add.
+__global__ void add_bf16_to_f32(const float* x, const bf16* u, float* out, std::int64_t n) {
+  constexpr int kStep = 8;
+  std::int64_t steps = n / kStep;
+  for (std::int64_t i = first_index(); i < steps; i += grid_stride()) {
+    const float4 x0 = reinterpret_cast<const float4*>(x)[2 * i];
+    const float4 x1 = reinterpret_cast<const float4*>(x)[2 * i + 1];
+    const uint4 packed = reinterpret_cast<const uint4*>(u)[i];
+    const bf16* v = reinterpret_cast<const bf16*>(&packed);
+    reinterpret_cast<float4*>(out)[2 * i] =
+        make_float4(x0.x + bf16_to_float(v[0]), x0.y + bf16_to_float(v[1]),
+                    x0.z + bf16_to_float(v[2]), x0.w + bf16_to_float(v[3]));
+    reinterpret_cast<float4*>(out)[2 * i + 1] =
+        make_float4(x1.x + bf16_to_float(v[4]), x1.y + bf16_to_float(v[5]),
+                    x1.z + bf16_to_float(v[6]), x1.w + bf16_to_float(v[7]));
+  }
+  for (std::int64_t i = steps * kStep + first_index(); i < n; i += grid_stride()) {
+    out[i] = x[i] + bf16_to_float(u[i]);
+  }
+}
+
 // ---- launchers -----------------------------------------------------------------------------
 
 bool aligned(const Tensor& t) {
@@ -345,6 +367,20 @@ void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
     using T = typename decltype(tag)::type;
     run_binary<T>(op, a, b, out, std::make_index_sequence<kBinaryOps>{});
   });
+}
+
+bool add_converted(const Tensor& x, const Tensor& u, const Tensor& out) {
+  bool fused = x.dtype() == DType::f32 && u.dtype() == DType::bf16 && out.dtype() == DType::f32;
+  for (const Tensor* t : {&x, &u, &out}) fused = fused && t->is_contiguous() && aligned(*t);
+  if (!fused) return false;
+  std::int64_t n = out.numel();
+  if (n == 0) return true;
+  DeviceGuard guard(out.device().index);
+  add_bf16_to_f32<<<grid_for(n / 8 + 1, kThreads), kThreads, 0,
+                    current_stream(out.device().index)>>>(x.data<float>(), u.data<bf16>(),
+                                                          out.data<float>(), n);
+  LN_CUDA_CHECK(cudaGetLastError());
+  return true;
 }
 
 void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
