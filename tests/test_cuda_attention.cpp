@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "attention/cuda/dilated.h"
@@ -45,7 +46,7 @@ struct Inputs {
 
 Inputs draw(const Dims& s, DType dtype, std::uint64_t seed) {
   Generator gen(seed);
-  auto r = [&](Shape shape) { return to(randn(shape, gen, {DType::f32}), dtype); };
+  auto r = [&](const Shape& shape) { return to(randn(shape, gen, {DType::f32}), dtype); };
   return {r({s.batch, s.nq, s.heads, s.d}), r({s.batch, s.nk, s.heads, s.d}),
           r({s.batch, s.nk, s.heads, s.dv}), r({s.batch, s.nq, s.heads, s.dv})};
 }
@@ -206,6 +207,78 @@ TEST_SUITE("gpu") {
     }
   }
 
+  TEST_CASE("head dim 64 on tensor cores matches the cpu with wgmma (sm_90) and with mma.sync") {
+    // On a compute capability 9.0 device the wgmma kernels take D = 64; LONGNET_NO_WGMMA
+    // sends it to the mma.sync kernels, as on other devices (where both runs take those).
+    std::uint64_t seed = 460;
+    for (bool wgmma : {true, false}) {
+      CAPTURE(wgmma);
+      if (!wgmma) REQUIRE(setenv("LONGNET_NO_WGMMA", "1", 1) == 0);
+      for (bool causal : {false, true}) {
+        // One tile, and tiles cut by the ends of segments and sequences.
+        check_against_cpu(self_attention(1, 64, 2, 64), {{64}, {1}, DilatedMode::paper, causal},
+                          DType::bf16, ++seed);
+        check_against_cpu(self_attention(2, 333, 3, 64),
+                          {{100, 200, 333}, {1, 3, 2}, DilatedMode::paper, causal}, DType::bf16,
+                          ++seed);
+        check_against_cpu(self_attention(1, 700, 5, 64),
+                          {{256, 700}, {1, 3}, DilatedMode::grouped, causal}, DType::bf16, ++seed);
+        check_against_cpu({1, 130, 200, 2, 64, 64},
+                          {{128, 200}, {1, 2}, DilatedMode::paper, causal}, DType::bf16, ++seed);
+      }
+      REQUIRE(unsetenv("LONGNET_NO_WGMMA") == 0);
+    }
+  }
+
+  TEST_CASE("bf16 results kept in f32 are written in full, with and without zeros first") {
+    // f32 outputs of bf16 inputs are the accumulators themselves. Where the first launch
+    // writes every row (rate-1 first branch, keys for every query) they are not zeroed first,
+    // so any row it missed stays NaN; keys no query sees (Nq < Nk, causal) must get zeros.
+    // Against the CPU in f64 on the same bf16 inputs.
+    std::uint64_t seed = 470;
+    for (bool causal : {true, false}) {
+      for (const auto& test :
+           {std::pair{self_attention(1, 200, 3, 64),
+                      DilatedAttentionConfig{{64, 200}, {1, 2}, DilatedMode::paper, causal}},
+            std::pair{Dims{1, 130, 200, 3, 64, 64},
+                      DilatedAttentionConfig{{128, 200}, {1, 2}, DilatedMode::paper, causal}},
+            std::pair{Dims{2, 200, 130, 2, 64, 64},
+                      DilatedAttentionConfig{{128, 200}, {1, 2}, DilatedMode::paper, causal}},
+            std::pair{self_attention(1, 300, 4, 64),
+                      DilatedAttentionConfig{{300}, {1}, DilatedMode::grouped, causal}},
+            std::pair{self_attention(1, 200, 3, 64),
+                      DilatedAttentionConfig{{64, 200}, {2, 1}, DilatedMode::paper, causal}}}) {
+        const Dims& dims = test.first;
+        const DilatedAttentionConfig& c = test.second;
+        INFO(describe_case(dims, c, DType::bf16));
+        Inputs in = draw(dims, DType::bf16, ++seed);
+        Tensor cq = to(in.q, DType::f64);
+        Tensor ck = to(in.k, DType::f64);
+        Tensor cv = to(in.v, DType::f64);
+        AttentionOutput want = dilated_attention_forward(cq, ck, cv, c);
+        AttentionGrads want_grads =
+            dilated_attention_backward(cq, ck, cv, want.out, want.lse, to(in.dout, DType::f64), c);
+        Tensor q = to(in.q, kGpu);
+        Tensor k = to(in.k, kGpu);
+        Tensor v = to(in.v, kGpu);
+        const double scale = scale_of(c, dims.d);
+        Tensor out = poisoned({dims.batch, dims.nq, dims.heads, dims.dv}, {DType::f32, kGpu});
+        Tensor lse = poisoned({dims.batch, dims.heads, dims.nq}, {DType::f32, kGpu});
+        cuda::dilated_attention_forward(q, k, v, c, scale, out, lse);
+        CHECK(relative_error(out, want.out) < testing::kGpuBf16);
+        CHECK(relative_error(lse, want.lse) < testing::kGpuBf16);
+        Tensor dq = poisoned(q.shape(), {DType::f32, kGpu});
+        Tensor dk = poisoned(k.shape(), {DType::f32, kGpu});
+        Tensor dv = poisoned(v.shape(), {DType::f32, kGpu});
+        cuda::dilated_attention_backward(q, k, v, to(out, DType::bf16), lse, to(in.dout, kGpu), c,
+                                         scale, 1, dq, dk, dv);
+        CHECK(relative_error(dq, want_grads.dq) < testing::kGpuBf16);
+        CHECK(relative_error(dk, want_grads.dk) < testing::kGpuBf16);
+        CHECK(relative_error(dv, want_grads.dv) < testing::kGpuBf16);
+      }
+    }
+  }
+
   TEST_CASE("bf16 views are read in place, aligned ones on tensor cores, misaligned ones not") {
     std::uint64_t seed = 480;
     for (Layout layout : {Layout::strided, Layout::misaligned}) {
@@ -234,7 +307,7 @@ TEST_SUITE("gpu") {
     // A projection's output reshaped into heads, as the model makes them: a view whose
     // batch dim of size 1 has stride 1, which steps nowhere.
     Generator gen(471);
-    Tensor rows = to(to(randn({40, 3 * 64}, gen), DType::bf16), kGpu);
+    Tensor rows = to(to(randn({40, 192}, gen), DType::bf16), kGpu);
     Tensor heads = reshape(rows, {1, 40, 3, 64});
     REQUIRE(heads.stride(0) % 8 != 0);
     CHECK(on_tc(heads, heads, heads));

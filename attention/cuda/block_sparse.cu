@@ -235,12 +235,10 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
     float sc[kTile / 8][4] = {};
     add_scores<kTile, kD>(sc, qf, kt, lane);
     const bool edge = k0 + kTile > last_start;
-    online_softmax<kTile, kD>(sc, m, l, o, p.scale_log2, [=](float& s, int j, int e) {
-      if (edge) {
-        const int c = k0 + 8 * j + 2 * t + e % 2;
-        const int row = warp_row + g + 8 * (e / 2);
-        if (c >= key_end || (diagonal && c >= last_start && c + shift > row)) s = -kInf;
-      }
+    online_softmax<kTile, kD>(sc, m, l, o, p.scale_log2, edge, [=](float& s, int j, int e) {
+      const int c = k0 + 8 * j + 2 * t + e % 2;
+      const int row = warp_row + g + 8 * (e / 2);
+      if (c >= key_end || (diagonal && c >= last_start && c + shift > row)) s = -kInf;
     });
     add_pv<kTile, kD>(o, sc, vt, lane);
   }
@@ -382,23 +380,12 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
       float dpt[kRows / 8][4] = {};
       add_transposed_scores<kRows, kD>(st, dpt, ks, vs, qt, dot, warp, lane);
       // P^T and dS^T; masked pairs are 0.
-#pragma unroll
-      for (int j = 0; j < kRows / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = 8 * j + 2 * t + e % 2;
-          bool seen = true;
-          if (edge) {
+      transposed_probabilities<kRows>(
+          st, dpt, lse_t, dp_t, p.scale_log2, 1.f, lane, edge, [&](int col, int e) {
             const int qp = qpos_t[col];
             const int key = g + 8 * (e / 2);  // of the warp's 16
-            seen = qp >= 0 && key < warp_keys && (!p.causal || warp_key + key <= qp);
-          }
-          const float pv =
-              seen ? exp2_fast(fmaf(st[j][e], p.scale_log2, -lse_t[col] * kLog2e)) : 0.f;
-          st[j][e] = pv;
-          dpt[j][e] = pv * (dpt[j][e] - dp_t[col]);
-        }
-      }
+            return qp >= 0 && key < warp_keys && (!p.causal || warp_key + key <= qp);
+          });
       add_dv_dk<kRows, kD>(dv_acc, dk_acc, st, dpt, ds_t, qt, dot, warp, lane);
     }
     __syncthreads();

@@ -549,6 +549,15 @@ std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p, int 
   return launches;
 }
 
+// Whether the first launch of the tensor-core kernels writes every row of the outputs it
+// starts (out and lse forward, dk and dv backward), so that they need no zeros first: it
+// takes every head, with rate-1 branches only, and every position with queries has keys.
+bool first_launch_covers(const std::vector<Launch>& launches, const Problem& p) {
+  const Launch& l = launches.front();
+  if (l.head_begin != 0 || l.heads != p.heads || p.nk < p.nq) return false;
+  return std::all_of(l.branch, l.branch + l.count, [](const Branch& b) { return b.r == 1; });
+}
+
 dim3 grid_of(const Launch& l, std::int64_t batch) {
   LN_CHECK(batch <= 65535 && l.heads <= 65535, "dilated attention on cuda: batch ", batch,
            " and heads ", l.heads, " must each be at most 65535 (grid limits); split the batch");
@@ -614,8 +623,10 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
     Tensor acc =
         merged && out.dtype() != DType::f32 ? empty(out.shape(), {DType::f32, out.device()}) : out;
     // Positions no branch selects keep out = 0 and lse = -inf.
-    zero(acc, stream);
-    fill_value(static_cast<float*>(lse.raw_data()), -kInf, lse.numel(), stream);
+    if (!mma || !first_launch_covers(launches, p)) {
+      zero(acc, stream);
+      fill_value(static_cast<float*>(lse.raw_data()), -kInf, lse.numel(), stream);
+    }
     if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0 && mma) {
       for (const Launch& l : launches) {
         mma_forward(p, l, grid_of(l, batch), operand(q), operand(k), operand(v), acc.raw_data(),
@@ -651,7 +662,7 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
   const Problem p = problem(q, k, v, config.causal, scale);
   const std::int64_t batch = q.size(0);
   const bool mma = dilated_attention_on_tensor_cores(q, k, v, dout);
-  const std::vector<Launch> launches = plan(config, p, mma ? kMmaKeyTile : kTile, out_scale);
+  const std::vector<Launch> launches = plan(config, p, mma ? mma_key_tile(p) : kTile, out_scale);
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);
     // Gradients accumulate in f32: the outputs themselves when they are f32, else scratch.
@@ -659,14 +670,16 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
     // block of the whole backward (grouped mode, or one branch).
     const bool direct = dq.dtype() == DType::f32;
     const bool keys_once = mma && (config.mode == DilatedMode::grouped || launches.size() == 1);
-    auto accumulator = [&](const Tensor& t, bool in_place) {
+    // dq takes atomic additions; dk and dv need no zeros where the first launch writes them.
+    const bool keys_covered = mma && first_launch_covers(launches, p);
+    auto accumulator = [&](const Tensor& t, bool in_place, bool zeroed) {
       Tensor a = in_place ? t : empty(t.shape(), {DType::f32, t.device()});
-      zero(a, stream);
+      if (zeroed) zero(a, stream);
       return a;
     };
-    Tensor dq_acc = accumulator(dq, direct);
-    Tensor dk_acc = accumulator(dk, direct || keys_once);
-    Tensor dv_acc = accumulator(dv, direct || keys_once);
+    Tensor dq_acc = accumulator(dq, direct, true);
+    Tensor dk_acc = accumulator(dk, direct || keys_once, !keys_covered);
+    Tensor dv_acc = accumulator(dv, direct || keys_once, !keys_covered);
     if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
       Tensor dp = empty({batch, p.heads, p.nq}, {DType::f32, q.device()});
       std::int64_t rows = batch * p.nq * p.heads;

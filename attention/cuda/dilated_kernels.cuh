@@ -134,10 +134,18 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 constexpr int kMmaQueryTile = 64;
 constexpr int kMmaKeyTile = 64;
 
+// Compact key rows per block of the tensor-core backward (the plan's tiles count these):
+// kMmaKeyTile, or twice that with the wgmma kernels' two warpgroups.
+int mma_key_tile(const Problem& p);
+
 // Whether the tensor-core kernels take a problem: bf16, D == Dv in {32, 64, 128}, and every
 // operand's rows 16-byte aligned (aligned base, strides multiples of 8 elements), which the
 // 16-byte asynchronous copies need.
 bool mma_takes(const Problem& p, bool bf16, std::initializer_list<Operand> operands);
+
+// Whether the current device runs the wgmma kernels (sm_90a) for the head dims they cover:
+// compute capability 9.0 and LONGNET_NO_WGMMA unset.
+bool wgmma_device();
 
 // One launch of the forward: out is f32 when the branches merge into it, else bf16. The
 // launches of one call go on the stream back to back: each may start before the one before it

@@ -13,14 +13,24 @@
 // dQ = dS K, which is added to an f32 buffer by atomics (the order of those additions, and so
 // the last bits of dq, can differ from run to run; dk and dv are deterministic).
 // The launches of one call (paper mode's branches) overlap: see let_next_launch_start.
+//
+// On H100 and H200 (sm_90a, D = 64) the same kernels run their products on wgmma
+// (attention/cuda/wgmma.cuh) instead, from swizzled tiles that the tensor cores read from
+// shared memory: the forward's warpgroup takes 64 x 128 scores a step (Q and K both from
+// shared memory, P V with P from registers); the backward's block is two warpgroups of 64
+// keys each, so that each query tile is read and its dQ added once per 128 keys (half the L2
+// traffic of 64-key blocks, which had made the backward L2-bound). The mma.sync kernels stay
+// for sm_80, the other head dims and LONGNET_NO_WGMMA.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "attention/cuda/dilated_kernels.cuh"
 #include "attention/cuda/mma.cuh"
+#include "attention/cuda/wgmma.cuh"
 #include "tensor/cuda/check.h"
 
 namespace longnet::cuda::detail {
@@ -29,7 +39,12 @@ namespace {
 
 using namespace tensor_core;
 
-constexpr int kForwardKeys = 64;  // keys per step of the forward
+// Keys per step of the forward: mma.sync (each warp's own product tiles) and wgmma (the
+// warpgroup's, 64 x 128 scores a step).
+constexpr int kForwardKeys = 64;
+constexpr int kWgmmaForwardKeys = 128;
+template <bool kWgmma>
+constexpr int forward_keys = kWgmma ? kWgmmaForwardKeys : kForwardKeys;
 static_assert(kMmaQueryTile == 16 * kWarps && kMmaKeyTile == 16 * kWarps);
 
 // Query rows per step of the backward: fewer for D = 128 keeps dk and dv (2 x 64 f32 per
@@ -53,111 +68,62 @@ __device__ __forceinline__ void wait_for_previous_launch() {
 }
 
 // Starts copying `rows` compact rows of one head (the first at position pos, then every r)
-// into a shared tile of kRows rows of kD + kPad bf16s; rows beyond the data are zeros, so
-// that no garbage (NaN) reaches a product.
-template <int kRows, int kD>
+// into a shared tile of kRows rows: rows of kD + kPad bf16s for mma.sync, or (kSwizzled, kD
+// = 64) the swizzled 128-byte rows that wgmma reads. Rows beyond the data are zeros, so that
+// no garbage (NaN) reaches a product.
+template <int kRows, int kD, bool kSwizzled = false, int kBlockThreads = kThreads>
 __device__ __forceinline__ void load_tile(bf16* tile, const Operand& op, std::int64_t batch,
                                           int head, std::int64_t pos, std::int64_t r,
                                           std::int64_t rows) {
+  static_assert(!kSwizzled || kD == 64);
   constexpr int kChunks = kD / 8;
   const bf16* base = static_cast<const bf16*>(op.data) + batch * op.sb + pos * op.sn + head * op.sh;
   const std::int64_t stride = r * op.sn;
 #pragma unroll
-  for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kBlockThreads) {
     const int row = i / kChunks;
     const int c = i % kChunks;
     const bool valid = row < rows;
-    copy16(tile + row * (kD + kPad) + 8 * c, valid ? base + row * stride + 8 * c : base, valid);
+    const int at = kSwizzled ? wgmma::swizzled(row, 8 * c) / 2 : row * (kD + kPad) + 8 * c;
+    copy16(tile + at, valid ? base + row * stride + 8 * c : base, valid);
   }
 }
 
-template <int kD>
+// Shared memory of a block: the query tile and two stages of key and value tiles, as rows of
+// kD + kPad bf16s for mma.sync or swizzled 128-byte rows for wgmma (then aligned to the
+// swizzle's period by the kernel, hence the slack).
+template <int kD, bool kWgmma>
 constexpr std::size_t forward_shared_bytes() {
+  if constexpr (kWgmma) {
+    return static_cast<std::size_t>(kMmaQueryTile + 4 * kWgmmaForwardKeys) * wgmma::kRowBytes +
+           wgmma::kAlignment;
+  }
   return sizeof(bf16) * (kMmaQueryTile + 4 * kForwardKeys) * (kD + kPad);
 }
 
-// Forward of one branch for one query tile. O is the type out is kept in: bf16 when this
-// launch writes final values, f32 when the branches merge into it.
-// 167 registers for D <= 64 (3 blocks a multiprocessor), 220 for D = 128 (2).
+// The start of dynamic shared memory, rounded up to the wgmma swizzle's period.
+__device__ __forceinline__ bf16* swizzle_aligned(void* shared) {
+  const std::uint32_t at = shared_address(shared);
+  const std::uint32_t skip = (wgmma::kAlignment - at % wgmma::kAlignment) % wgmma::kAlignment;
+  return reinterpret_cast<bf16*>(static_cast<unsigned char*>(shared) + skip);
+}
+
+// Whether this compilation pass has wgmma: a kernel instantiated for it elsewhere stops.
+__device__ __forceinline__ void require_wgmma() {
+#ifndef LONGNET_WGMMA
+  __trap();
+#endif
+}
+
+// The end of a forward block for one warp's 16 rows: their sums completed across the lanes
+// that share a row, outputs normalised (and, merging, combined with the earlier branches' by
+// their lse) and stored with their lse.
 template <class O, int kD>
-__global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
-    forward_kernel(Operand q, Operand k, Operand v, O* out, float* lse, Problem p, Launch launch) {
-  constexpr int kRow = kD + kPad;
-  constexpr int kRows = kMmaQueryTile;
-  constexpr int kKeys = kForwardKeys;
-  extern __shared__ uint4 shared[];
-  bf16* qs = reinterpret_cast<bf16*>(shared);
-  bf16* ks = qs + kRows * kRow;      // two stages
-  bf16* vs = ks + 2 * kKeys * kRow;  // two stages
-
-  const int head = launch.head_begin + static_cast<int>(blockIdx.y);
-  const Branch br = branch_of(launch, head);
-  if (blockIdx.x >= br.segments * br.tiles) return;
-  const std::int64_t batch = blockIdx.z;
-  const Segment s = locate(p, br, head, /*reverse=*/true);
-  const std::int64_t a0 = static_cast<std::int64_t>(s.tile) * kRows;
-  if (a0 >= s.nq || s.nk == 0) return;
-  if (!br.merge) wait_for_previous_launch();
-  let_next_launch_start();
-  const int warp = static_cast<int>(threadIdx.x / 32);
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  const int g = lane / 4;
-  const int t = lane % 4;
-  const std::int64_t warp_row = a0 + 16 * warp;  // this warp's rows: warp_row + g (+ 8)
-
-  // Under the causal mask compact query row a sees compact keys 0..a of its segment.
-  const std::int64_t key_end = p.causal ? std::min<std::int64_t>(s.nk, a0 + kRows) : s.nk;
-  const int steps = static_cast<int>((key_end + kKeys - 1) / kKeys);
-  load_tile<kRows, kD>(qs, q, batch, head, s.first + a0 * br.r, br.r, s.nq - a0);
-  load_tile<kKeys, kD>(ks, k, batch, head, s.first, br.r, s.nk);
-  load_tile<kKeys, kD>(vs, v, batch, head, s.first, br.r, s.nk);
-  commit_copies();
-
-  std::uint32_t qf[kD / 16][4];
-  float o[kD / 8][4] = {};
-  float m[2] = {-kInf, -kInf};  // running max of the raw scores of rows g and g + 8
-  float l[2] = {0, 0};          // this lane's part of their running sums
-  for (int step = 0; step < steps; ++step) {
-    wait_copies();
-    // Tile `step` is in; every warp is done with tile step - 1, whose stage the next load takes.
-    __syncthreads();
-    const std::int64_t k0 = static_cast<std::int64_t>(step) * kKeys;
-    if (step + 1 < steps) {
-      const int next = (step + 1) % 2;
-      load_tile<kKeys, kD>(ks + next * kKeys * kRow, k, batch, head, s.first + (k0 + kKeys) * br.r,
-                           br.r, s.nk - k0 - kKeys);
-      load_tile<kKeys, kD>(vs + next * kKeys * kRow, v, batch, head, s.first + (k0 + kKeys) * br.r,
-                           br.r, s.nk - k0 - kKeys);
-      commit_copies();
-    }
-    if (step == 0) {
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        load_matrices(qf[kk], a_address(qs, kRow, 16 * warp, 16 * kk, lane));
-      }
-    }
-    // Under the causal mask the diagonal's last key tile may lie after all of a warp's rows.
-    if (p.causal && k0 > warp_row + 15) continue;
-    const bf16* kt = ks + (step % 2) * kKeys * kRow;
-    const bf16* vt = vs + (step % 2) * kKeys * kRow;
-
-    float sc[kKeys / 8][4] = {};
-    add_scores<kKeys, kD>(sc, qf, kt, lane);
-    // Keys past the segment's end or (causal) after the row are masked; only tiles at the
-    // edges have any.
-    const bool edge = k0 + kKeys > s.nk || (p.causal && k0 + kKeys - 1 > warp_row);
-    online_softmax<kKeys, kD>(
-        sc, m, l, o, p.scale_log2,
-        [edge, k0, warp_row, g, t, nk = s.nk, causal = p.causal](float& x, int j, int e) {
-          if (edge) {
-            const std::int64_t key = k0 + 8 * j + 2 * t + e % 2;
-            const std::int64_t row = warp_row + g + 8 * (e / 2);
-            if (key >= nk || (causal && key > row)) x = -kInf;
-          }
-        });
-    add_pv<kKeys, kD>(o, sc, vt, lane);
-  }
-
+__device__ __forceinline__ void store_forward_rows(const float (&o)[kD / 8][4], const float (&m)[2],
+                                                   float (&l)[2], O* out, float* lse,
+                                                   const Problem& p, const Branch& br,
+                                                   const Segment& s, std::int64_t batch, int head,
+                                                   std::int64_t warp_row, int g, int t) {
   if (br.merge) wait_for_previous_launch();
   // Merging: every lane of a row reads the earlier lse before the row's first lane writes it.
   float lse_old[2];
@@ -199,35 +165,198 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
   }
 }
 
-template <int kD>
+// Forward of one branch for one query tile. O is the type out is kept in: bf16 when this
+// launch writes final values, f32 when the branches merge into it. kWgmma (sm_90a, D = 64):
+// the warpgroup's products by wgmma from swizzled tiles, else each warp's by mma.sync.
+// mma.sync: 163 registers for D = 64 (3 blocks a multiprocessor), 220 for D = 128 (2);
+// wgmma: 168 with a few spilled (3 blocks: faster than 186 registers at 2 blocks).
+template <class O, int kD, bool kWgmma>
+__global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
+    forward_kernel(Operand q, Operand k, Operand v, O* out, float* lse, Problem p, Launch launch) {
+  static_assert(!kWgmma || kD == 64);
+  if constexpr (kWgmma) require_wgmma();
+  constexpr int kRow = kWgmma ? kD : kD + kPad;  // bf16s a tile row takes
+  constexpr int kRows = kMmaQueryTile;
+  constexpr int kKeys = forward_keys<kWgmma>;
+  extern __shared__ uint4 shared[];
+  bf16* qs = kWgmma ? swizzle_aligned(shared) : reinterpret_cast<bf16*>(shared);
+  bf16* ks = qs + kRows * kRow;      // two stages
+  bf16* vs = ks + 2 * kKeys * kRow;  // two stages
+
+  const int head = launch.head_begin + static_cast<int>(blockIdx.y);
+  const Branch br = branch_of(launch, head);
+  if (blockIdx.x >= br.segments * br.tiles) return;
+  const std::int64_t batch = blockIdx.z;
+  const Segment s = locate(p, br, head, /*reverse=*/true);
+  const std::int64_t a0 = static_cast<std::int64_t>(s.tile) * kRows;
+  if (a0 >= s.nq || s.nk == 0) return;
+  if (!br.merge) wait_for_previous_launch();
+  let_next_launch_start();
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const std::int64_t warp_row = a0 + 16 * warp;  // this warp's rows: warp_row + g (+ 8)
+
+  // Under the causal mask compact query row a sees compact keys 0..a of its segment.
+  const std::int64_t key_end = p.causal ? std::min<std::int64_t>(s.nk, a0 + kRows) : s.nk;
+  const int steps = static_cast<int>((key_end + kKeys - 1) / kKeys);
+  load_tile<kRows, kD, kWgmma>(qs, q, batch, head, s.first + a0 * br.r, br.r, s.nq - a0);
+  load_tile<kKeys, kD, kWgmma>(ks, k, batch, head, s.first, br.r, s.nk);
+  load_tile<kKeys, kD, kWgmma>(vs, v, batch, head, s.first, br.r, s.nk);
+  commit_copies();
+
+  std::uint32_t qf[kD / 16][4];
+  float o[kD / 8][4] = {};
+  float m[2] = {-kInf, -kInf};  // running max of the raw scores of rows g and g + 8
+  float l[2] = {0, 0};          // this lane's part of their running sums
+  for (int step = 0; step < steps; ++step) {
+    wait_copies();
+    if constexpr (kWgmma) wgmma::fence_shared_for_tensor_cores();
+    // Tile `step` is in; every warp is done with tile step - 1, whose stage the next load takes.
+    __syncthreads();
+    const std::int64_t k0 = static_cast<std::int64_t>(step) * kKeys;
+    if (step + 1 < steps) {
+      const int next = (step + 1) % 2;
+      load_tile<kKeys, kD, kWgmma>(ks + next * kKeys * kRow, k, batch, head,
+                                   s.first + (k0 + kKeys) * br.r, br.r, s.nk - k0 - kKeys);
+      load_tile<kKeys, kD, kWgmma>(vs + next * kKeys * kRow, v, batch, head,
+                                   s.first + (k0 + kKeys) * br.r, br.r, s.nk - k0 - kKeys);
+      commit_copies();
+    }
+    if (!kWgmma && step == 0) {
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        load_matrices(qf[kk], a_address(qs, kRow, 16 * warp, 16 * kk, lane));
+      }
+    }
+    // Under the causal mask the diagonal's last key tile may lie after all of a warp's rows
+    // (a warpgroup's wgmma needs every warp: there the mask below covers them).
+    if (!kWgmma && p.causal && k0 > warp_row + 15) continue;
+    const bf16* kt = ks + (step % 2) * kKeys * kRow;
+    const bf16* vt = vs + (step % 2) * kKeys * kRow;
+
+    float sc[kKeys / 8][4] = {};
+    if constexpr (kWgmma) {
+      wgmma::fence_operands(sc);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        wgmma::mma<0, 0>(sc, wgmma::descriptor(qs + 16 * kk), wgmma::descriptor(kt + 16 * kk));
+      }
+      wgmma::commit_and_wait();
+      wgmma::fence_operands(sc);
+    } else {
+      add_scores<kKeys, kD>(sc, qf, kt, lane);
+    }
+    // Keys past the segment's end or (causal) after the row are masked; only tiles at the
+    // edges have any.
+    const bool edge = k0 + kKeys > s.nk || (p.causal && k0 + kKeys - 1 > warp_row);
+    // In the tile's own indices (int, clamped where every pair is decided alike): key column c
+    // exists below key_end and (causal) is after row g + 8 i when c > last_seen + 8 i.
+    const int key_end = static_cast<int>(std::min<std::int64_t>(s.nk - k0, kKeys));
+    const int last_seen =
+        p.causal ? static_cast<int>(std::clamp<std::int64_t>(warp_row - k0, -16, kKeys)) + g
+                 : kKeys;
+    online_softmax<kKeys, kD>(sc, m, l, o, p.scale_log2, edge, [=](float& x, int j, int e) {
+      const int c = 8 * j + 2 * t + e % 2;
+      if (c >= key_end || c > last_seen + 8 * (e / 2)) x = -kInf;
+    });
+    if constexpr (kWgmma) {
+      wgmma::fence_operands(o);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        std::uint32_t a[4];
+        wgmma::pack_a(a, sc, 16 * kk);
+        wgmma::mma</*kTransposeB=*/1>(o, a, wgmma::descriptor(vt + 16 * kk * kRow));
+      }
+      wgmma::commit_and_wait();
+      wgmma::fence_operands(o);
+    } else {
+      add_pv<kKeys, kD>(o, sc, vt, lane);
+    }
+  }
+
+  store_forward_rows<O, kD>(o, m, l, out, lse, p, br, s, batch, head, warp_row, g, t);
+}
+
+// Warpgroups of a backward block with wgmma: each takes 64 keys (kMmaKeyTile), so that a
+// block reads each query tile and adds its dQ once for 128 keys, half the L2 traffic of one.
+template <bool kWgmma>
+constexpr int backward_groups = kWgmma ? 2 : 1;
+
+// Shared memory of a backward block: key and value tiles, two stages of query and
+// output-gradient tiles, dS^T, and two stages of lse and Dp (as forward_shared_bytes).
+template <int kD, bool kWgmma>
 constexpr std::size_t backward_shared_bytes() {
-  constexpr int kKeys = kMmaKeyTile;
+  constexpr int kKeys = kMmaKeyTile * backward_groups<kWgmma>;
   constexpr int kRows = backward_rows(kD);
-  return sizeof(bf16) * ((2 * kKeys + 4 * kRows) * (kD + kPad) + kKeys * (kRows + kPad)) +
-         sizeof(float) * 4 * kRows;
+  constexpr std::size_t stats = sizeof(float) * 4 * kRows;
+  if constexpr (kWgmma) {
+    // and the second warpgroup's dQ for the first to add.
+    return static_cast<std::size_t>(3 * kKeys + 4 * kRows) * wgmma::kRowBytes +
+           sizeof(float) * kRows * kD + stats + wgmma::kAlignment;
+  }
+  return sizeof(bf16) * ((2 * kKeys + 4 * kRows) * (kD + kPad) + kKeys * (kRows + kPad)) + stats;
+}
+
+// P^T and dS^T of this warp's 16 keys (from warp_key) against a tile of kRows queries from
+// a0: pairs past the ends or (causal) with the key after the query are 0; only tiles at an
+// edge have any.
+template <int kRows>
+__device__ __forceinline__ void segment_probabilities(float (&st)[kRows / 8][4],
+                                                      float (&dpt)[kRows / 8][4],
+                                                      const float* lse_t, const float* dp_t,
+                                                      std::int64_t a0, std::int64_t warp_key,
+                                                      const Segment& s, const Problem& p,
+                                                      const Branch& br, int lane) {
+  const bool edge = a0 + kRows > s.nq || warp_key + 16 > s.nk || (p.causal && warp_key + 15 > a0);
+  // In the tile's own indices (int, clamped where every pair is decided alike): query column
+  // col exists below query_end, key g + 8 i of the warp below key_end, and (causal) sees that
+  // key from column first_seen + 8 i on.
+  const int g = lane / 4;
+  const int query_end = static_cast<int>(std::min<std::int64_t>(s.nq - a0, kRows));
+  const int key_end = static_cast<int>(std::clamp<std::int64_t>(s.nk - warp_key, 0, 16));
+  const int first_seen =
+      p.causal ? static_cast<int>(std::clamp<std::int64_t>(warp_key - a0, -16, kRows)) + g : -16;
+  transposed_probabilities<kRows>(
+      st, dpt, lse_t, dp_t, p.scale_log2, br.out_scale, lane, edge, [=](int col, int e) {
+        const int i = 8 * (e / 2);
+        return col < query_end && g + i < key_end && col >= first_seen + i;
+      });
 }
 
 // Backward of one branch for one key tile: dk and dv of the tile's keys in registers over all
 // query tiles that see them, dq added atomically per query tile. P is recomputed from the
 // saved lse; dS = P (dO' . v - Dp) with dO' = out_scale dO. G is the type of dk and dv:
-// f32 accumulates into earlier branches, bf16 is written.
-// 168 registers for D <= 64 (3 blocks a multiprocessor), 249 for D = 128 (2).
-template <class G, int kD>
-__global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
+// f32 accumulates into earlier branches, bf16 is written. kWgmma as in the forward, with two
+// warpgroups of 64 keys each (backward_groups): every product by a warpgroup from swizzled
+// tiles, dS^T through a swizzled tile for dQ, whose two halves (over each group's keys) the
+// first group adds before its atomics.
+// mma.sync: 168 registers for D = 64 (3 blocks a multiprocessor), 247 for D = 128 (1);
+// wgmma: 204 registers, one block of 8 warps a multiprocessor.
+template <class G, int kD, bool kWgmma>
+__global__ void __launch_bounds__(kThreads* backward_groups<kWgmma>, kD == 128 || kWgmma ? 1 : 3)
     backward_kernel(Operand q, Operand k, Operand v, Operand dout, const float* lse,
                     const float* dp, float* dq, G* dk, G* dv, Problem p, Launch launch) {
-  constexpr int kRow = kD + kPad;
-  constexpr int kKeys = kMmaKeyTile;
+  static_assert(!kWgmma || (kD == 64 && backward_rows(kD) == 64));
+  if constexpr (kWgmma) require_wgmma();
+  constexpr int kGroups = backward_groups<kWgmma>;
+  constexpr int kBlockThreads = kThreads * kGroups;
+  constexpr int kRow = kWgmma ? kD : kD + kPad;  // bf16s a tile row takes
+  constexpr int kKeys = kMmaKeyTile * kGroups;
   constexpr int kRows = backward_rows(kD);
-  constexpr int kSRow = kRows + kPad;
+  constexpr int kSRow = kWgmma ? kRows : kRows + kPad;
   extern __shared__ uint4 shared[];
-  bf16* ks = reinterpret_cast<bf16*>(shared);
+  bf16* ks = kWgmma ? swizzle_aligned(shared) : reinterpret_cast<bf16*>(shared);
   bf16* vs = ks + kKeys * kRow;
   bf16* qs = vs + kKeys * kRow;                                    // two stages
   bf16* dos = qs + 2 * kRows * kRow;                               // two stages
   bf16* dst_s = dos + 2 * kRows * kRow;                            // dS^T [key][query]
   float* lse_s = reinterpret_cast<float*>(dst_s + kKeys * kSRow);  // two stages
   float* dp_s = lse_s + 2 * kRows;                                 // two stages
+  float* dq_s = dp_s + 2 * kRows;  // wgmma: the second group's dQ, [element][thread]
 
   const int head = launch.head_begin + static_cast<int>(blockIdx.y);
   const Branch br = branch_of(launch, head);
@@ -235,10 +364,11 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
   const std::int64_t batch = blockIdx.z;
   const Segment s = locate(p, br, head, /*reverse=*/false);
   const std::int64_t k0 = static_cast<std::int64_t>(s.tile) * kKeys;
-  // Query tiles before the key tile see none of its keys under the causal mask; keys no query
-  // sees keep dk = dv = 0 (the caller zeroed them).
+  // Query tiles before the key tile see none of its keys under the causal mask. Keys no query
+  // sees get dk = dv = 0: written by the first branch, kept by later ones.
   const std::int64_t a_begin = p.causal ? k0 / kRows * kRows : 0;
-  if (k0 >= s.nk || a_begin >= s.nq) return;
+  const bool seen = a_begin < s.nq;
+  if (k0 >= s.nk || (br.merge && !seen)) return;
   // dq takes atomic additions at any time; dk and dv are read and written at the end.
   if (!br.merge) wait_for_previous_launch();
   let_next_launch_start();
@@ -246,14 +376,19 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
   const int lane = static_cast<int>(threadIdx.x % 32);
   const int g = lane / 4;
   const int t = lane % 4;
+  const int group = warp / kWarps;               // the warpgroup, with its 64 keys
   const std::int64_t warp_key = k0 + 16 * warp;  // this warp's keys: warp_key + g (+ 8)
+  const bf16* group_ks = ks + kMmaKeyTile * group * kRow;
+  const bf16* group_vs = vs + kMmaKeyTile * group * kRow;
   const float* lse_h = lse + (batch * p.heads + head) * p.nq;
   const float* dp_h = dp + (batch * p.heads + head) * p.nq;
 
   auto load_queries = [&](int stage, std::int64_t a0) {
     const std::int64_t pos = s.first + a0 * br.r;
-    load_tile<kRows, kD>(qs + stage * kRows * kRow, q, batch, head, pos, br.r, s.nq - a0);
-    load_tile<kRows, kD>(dos + stage * kRows * kRow, dout, batch, head, pos, br.r, s.nq - a0);
+    load_tile<kRows, kD, kWgmma, kBlockThreads>(qs + stage * kRows * kRow, q, batch, head, pos,
+                                                br.r, s.nq - a0);
+    load_tile<kRows, kD, kWgmma, kBlockThreads>(dos + stage * kRows * kRow, dout, batch, head, pos,
+                                                br.r, s.nq - a0);
     const int i = static_cast<int>(threadIdx.x % kRows);
     const bool valid = a0 + i < s.nq;
     const std::int64_t at = valid ? pos + i * br.r : pos;
@@ -264,15 +399,20 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
     }
     commit_copies();
   };
-  load_tile<kKeys, kD>(ks, k, batch, head, s.first + k0 * br.r, br.r, s.nk - k0);
-  load_tile<kKeys, kD>(vs, v, batch, head, s.first + k0 * br.r, br.r, s.nk - k0);
-  load_queries(0, a_begin);
+  if (seen) {
+    load_tile<kKeys, kD, kWgmma, kBlockThreads>(ks, k, batch, head, s.first + k0 * br.r, br.r,
+                                                s.nk - k0);
+    load_tile<kKeys, kD, kWgmma, kBlockThreads>(vs, v, batch, head, s.first + k0 * br.r, br.r,
+                                                s.nk - k0);
+    load_queries(0, a_begin);
+  }
 
   float dk_acc[kD / 8][4] = {};
   float dv_acc[kD / 8][4] = {};
   int stage = 0;
   for (std::int64_t a0 = a_begin; a0 < s.nq; a0 += kRows, stage ^= 1) {
     wait_copies();
+    if constexpr (kWgmma) wgmma::fence_shared_for_tensor_cores();
     // This tile is in; every warp is done with the last one (its stage and dS^T).
     __syncthreads();
     if (a0 + kRows < s.nq) load_queries(stage ^ 1, a0 + kRows);
@@ -281,47 +421,106 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
     const float* lse_t = lse_s + stage * kRows;
     const float* dp_t = dp_s + stage * kRows;
 
-    if (p.causal && warp_key > a0 + kRows - 1) {
-      // All of this warp's keys lie after the tile's queries: its rows of dS^T are 0.
-      zero_ds_rows<kRows>(dst_s, warp, lane);
-    } else {
-      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
-      float st[kRows / 8][4] = {};
-      float dpt[kRows / 8][4] = {};
-      add_transposed_scores<kRows, kD>(st, dpt, ks, vs, qt, dot, warp, lane);
-
-      // P^T and dS^T; pairs past the ends or (causal) with the key after the query are 0.
-      const bool edge = a0 + kRows > s.nq || k0 + kKeys > s.nk || (p.causal && warp_key + 15 > a0);
-#pragma unroll
-      for (int j = 0; j < kRows / 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = 8 * j + 2 * t + e % 2;
-          bool seen = true;
-          if (edge) {
-            const std::int64_t query = a0 + col;
-            const std::int64_t key = warp_key + g + 8 * (e / 2);
-            seen = query < s.nq && key < s.nk && (!p.causal || key <= query);
-          }
-          const float pv =
-              seen ? exp2_fast(fmaf(st[j][e], p.scale_log2, -lse_t[col] * kLog2e)) : 0.f;
-          st[j][e] = pv;
-          dpt[j][e] = pv * (dpt[j][e] * br.out_scale - dp_t[col]);
-        }
-      }
-
-      // dV += P^T dO and dK += dS^T Q; dS^T to shared memory for dQ.
-      add_dv_dk<kRows, kD>(dv_acc, dk_acc, st, dpt, dst_s, qt, dot, warp, lane);
-    }
-    __syncthreads();
-
-    // dQ = dS K: warp w takes 16 query rows and a column range.
+    // dQ = dS K: warp w takes 16 query rows and a column range (with wgmma: all columns, the
+    // first group's warps adding).
     using Split = DqSplit<kRows, kD>;
     constexpr int kCols = Split::kCols;
-    const int row0 = Split::row0(warp);
-    const int col0 = Split::col0(warp);
-    float dq_acc[kCols / 8][4] = {};
-    add_dq<kRows, kD>(dq_acc, dst_s, ks, warp, lane);
+    const int row0 = Split::row0(warp % kWarps);
+    const int col0 = Split::col0(warp % kWarps);
+    float dq_acc[kCols / 8][4];  // zeroed where its products start
+    if constexpr (kWgmma) {
+      // S^T = K Q^T and dP^T = V dO^T: the key and value tiles are A, K-major like the query
+      // and output-gradient tiles as B.
+      float st[kRows / 8][4] = {};
+      float dpt[kRows / 8][4] = {};
+      wgmma::fence_operands(st);
+      wgmma::fence_operands(dpt);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        wgmma::mma<0, 0>(st, wgmma::descriptor(group_ks + 16 * kk),
+                         wgmma::descriptor(qt + 16 * kk));
+      }
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        wgmma::mma<0, 0>(dpt, wgmma::descriptor(group_vs + 16 * kk),
+                         wgmma::descriptor(dot + 16 * kk));
+      }
+      wgmma::commit_and_wait();
+      wgmma::fence_operands(st);
+      wgmma::fence_operands(dpt);
+      segment_probabilities<kRows>(st, dpt, lse_t, dp_t, a0, warp_key, s, p, br, lane);
+      // dV += P^T dO and dK += dS^T Q, the query and output-gradient tiles MN-major as B; dS^T
+      // to its swizzled tile, rows the keys.
+      wgmma::fence_operands(dk_acc);
+      wgmma::fence_operands(dv_acc);
+      wgmma::fence();
+      unsigned char* ds_bytes = reinterpret_cast<unsigned char*>(dst_s);
+#pragma unroll
+      for (int kk = 0; kk < kRows / 16; ++kk) {
+        std::uint32_t pa[4];
+        std::uint32_t sa[4];
+        wgmma::pack_a(pa, st, 16 * kk);
+        wgmma::pack_a(sa, dpt, 16 * kk);
+        wgmma::mma<1>(dv_acc, pa, wgmma::descriptor(dot + 16 * kk * kRow));
+        wgmma::mma<1>(dk_acc, sa, wgmma::descriptor(qt + 16 * kk * kRow));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int key = 16 * warp + g + 8 * (i % 2);
+          const int query = 16 * kk + 2 * t + 8 * (i / 2);
+          *reinterpret_cast<std::uint32_t*>(ds_bytes + wgmma::swizzled(key, query)) = sa[i];
+        }
+      }
+      wgmma::fence_shared_for_tensor_cores();
+      __syncthreads();
+      // dQ = dS K over the group's keys: dS^T is A M-major, the key tile B MN-major.
+      zero(dq_acc);
+      wgmma::fence_operands(dq_acc);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kMmaKeyTile / 16; ++kk) {
+        const int key0 = kMmaKeyTile * group + 16 * kk;
+        wgmma::mma<1, 1>(dq_acc, wgmma::descriptor(dst_s + key0 * kSRow),
+                         wgmma::descriptor(ks + key0 * kRow));
+      }
+      wgmma::commit_and_wait();
+      wgmma::fence_operands(dq_acc);
+      wgmma::fence_operands(dk_acc);
+      wgmma::fence_operands(dv_acc);
+      // The second group hands its dQ to the first, which adds it (the next tile's first
+      // barrier keeps dq_s until then).
+      const int slot = static_cast<int>(threadIdx.x) % kThreads;
+      if (group == 1) {
+#pragma unroll
+        for (int j = 0; j < kCols / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dq_s[(4 * j + e) * kThreads + slot] = dq_acc[j][e];
+        }
+      }
+      __syncthreads();
+      if (group == 1) continue;
+#pragma unroll
+      for (int j = 0; j < kCols / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq_acc[j][e] += dq_s[(4 * j + e) * kThreads + slot];
+      }
+    } else {
+      if (p.causal && warp_key > a0 + kRows - 1) {
+        // All of this warp's keys lie after the tile's queries: its rows of dS^T are 0.
+        zero_ds_rows<kRows>(dst_s, warp, lane);
+      } else {
+        // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
+        float st[kRows / 8][4] = {};
+        float dpt[kRows / 8][4] = {};
+        add_transposed_scores<kRows, kD>(st, dpt, ks, vs, qt, dot, warp, lane);
+        segment_probabilities<kRows>(st, dpt, lse_t, dp_t, a0, warp_key, s, p, br, lane);
+        // dV += P^T dO and dK += dS^T Q; dS^T to shared memory for dQ.
+        add_dv_dk<kRows, kD>(dv_acc, dk_acc, st, dpt, dst_s, qt, dot, warp, lane);
+      }
+      __syncthreads();
+      zero(dq_acc);
+      add_dq<kRows, kD>(dq_acc, dst_s, ks, warp, lane);
+    }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const std::int64_t query = a0 + row0 + g + 8 * i;
@@ -344,7 +543,7 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
 
   if (br.merge) wait_for_previous_launch();
     // Within one launch a key belongs to one block, and launches run in order on one stream:
-    // a plain read-modify-write accumulates the branches.
+    // a plain read-modify-write accumulates a merging branch into the ones before it.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const std::int64_t key = warp_key + g + 8 * i;
@@ -359,8 +558,8 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
       if constexpr (std::is_same_v<G, float>) {
         float2* dk2 = reinterpret_cast<float2*>(dk + at + 8 * j);
         float2* dv2 = reinterpret_cast<float2*>(dv + at + 8 * j);
-        const float2 ko = *dk2;
-        const float2 vo = *dv2;
+        const float2 ko = br.merge ? *dk2 : make_float2(0.f, 0.f);
+        const float2 vo = br.merge ? *dv2 : make_float2(0.f, 0.f);
         *dk2 = make_float2(ko.x + k0v, ko.y + k1v);
         *dv2 = make_float2(vo.x + v0, vo.y + v1);
       } else {
@@ -375,8 +574,8 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 1 : 3)
 // largest shared memory carveout, so that shared memory does not cap that number first.
 // Launched with programmatic stream serialization where the device has it (sm_90 and later).
 template <class... Params>
-void launch_mma(void (*kernel)(Params...), dim3 grid, std::size_t shared, cudaStream_t stream,
-                auto... args) {
+void launch_mma(void (*kernel)(Params...), dim3 grid, unsigned threads, std::size_t shared,
+                cudaStream_t stream, auto... args) {
   LN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                      cudaSharedmemCarveoutMaxShared));
   LN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -390,7 +589,7 @@ void launch_mma(void (*kernel)(Params...), dim3 grid, std::size_t shared, cudaSt
   overlap.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(threads);
   config.dynamicSmemBytes = shared;
   config.stream = stream;
   config.attrs = &overlap;
@@ -398,7 +597,40 @@ void launch_mma(void (*kernel)(Params...), dim3 grid, std::size_t shared, cudaSt
   LN_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
 }
 
+// Calls f with std::true_type where the wgmma kernels run: D = 64 on a device of compute
+// capability 9.0, in a build with sm_90a code (LONGNET_SM90A), unless LONGNET_NO_WGMMA is set
+// (the mma.sync kernels then run there too); else with std::false_type.
+template <int kD, class F>
+void with_wgmma(F f) {
+#ifdef LONGNET_SM90A
+  if constexpr (kD == 64) {
+    if (wgmma_device()) return f(std::true_type{});
+  }
+#endif
+  f(std::false_type{});
+}
+
 }  // namespace
+
+bool wgmma_device() {
+  const bool disabled = std::getenv("LONGNET_NO_WGMMA") != nullptr;
+  int device = 0;
+  int major = 0;
+  int minor = 0;
+  LN_CUDA_CHECK(cudaGetDevice(&device));
+  LN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  LN_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return !disabled && major == 9 && minor == 0;
+}
+
+int mma_key_tile(const Problem& p) {
+  int tile = kMmaKeyTile;
+  with_head_dim(p.d, [&](auto dim) {
+    with_wgmma<decltype(dim)::value>(
+        [&](auto wgmma) { tile = kMmaKeyTile * backward_groups<decltype(wgmma)::value>; });
+  });
+  return tile;
+}
 
 bool mma_takes(const Problem& p, bool bf16, std::initializer_list<Operand> operands) {
   if (!bf16 || p.d != p.dv || (p.d != 32 && p.d != 64 && p.d != 128)) return false;
@@ -412,13 +644,17 @@ void mma_forward(const Problem& p, const Launch& l, dim3 grid, Operand q, Operan
                  void* out, bool out_f32, float* lse, cudaStream_t stream) {
   with_head_dim(p.d, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
-    if (out_f32) {
-      launch_mma(forward_kernel<float, kD>, grid, forward_shared_bytes<kD>(), stream, q, k, v,
-                 static_cast<float*>(out), lse, p, l);
-    } else {
-      launch_mma(forward_kernel<bf16, kD>, grid, forward_shared_bytes<kD>(), stream, q, k, v,
-                 static_cast<bf16*>(out), lse, p, l);
-    }
+    with_wgmma<kD>([&](auto wgmma) {
+      constexpr bool kWgmma = decltype(wgmma)::value;
+      constexpr std::size_t shared = forward_shared_bytes<kD, kWgmma>();
+      if (out_f32) {
+        launch_mma(forward_kernel<float, kD, kWgmma>, grid, kThreads, shared, stream, q, k, v,
+                   static_cast<float*>(out), lse, p, l);
+      } else {
+        launch_mma(forward_kernel<bf16, kD, kWgmma>, grid, kThreads, shared, stream, q, k, v,
+                   static_cast<bf16*>(out), lse, p, l);
+      }
+    });
   });
 }
 
@@ -427,13 +663,18 @@ void mma_backward(const Problem& p, const Launch& l, dim3 grid, Operand q, Opera
                   bool grads_f32, cudaStream_t stream) {
   with_head_dim(p.d, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
-    if (grads_f32) {
-      launch_mma(backward_kernel<float, kD>, grid, backward_shared_bytes<kD>(), stream, q, k, v,
-                 dout, lse, dp, dq, static_cast<float*>(dk), static_cast<float*>(dv), p, l);
-    } else {
-      launch_mma(backward_kernel<bf16, kD>, grid, backward_shared_bytes<kD>(), stream, q, k, v,
-                 dout, lse, dp, dq, static_cast<bf16*>(dk), static_cast<bf16*>(dv), p, l);
-    }
+    with_wgmma<kD>([&](auto wgmma) {
+      constexpr bool kWgmma = decltype(wgmma)::value;
+      constexpr std::size_t shared = backward_shared_bytes<kD, kWgmma>();
+      constexpr unsigned threads = kThreads * backward_groups<kWgmma>;
+      if (grads_f32) {
+        launch_mma(backward_kernel<float, kD, kWgmma>, grid, threads, shared, stream, q, k, v, dout,
+                   lse, dp, dq, static_cast<float*>(dk), static_cast<float*>(dv), p, l);
+      } else {
+        launch_mma(backward_kernel<bf16, kD, kWgmma>, grid, threads, shared, stream, q, k, v, dout,
+                   lse, dp, dq, static_cast<bf16*>(dk), static_cast<bf16*>(dv), p, l);
+      }
+    });
   });
 }
 

@@ -75,6 +75,15 @@ __device__ __forceinline__ void mma(float (&c)[4], const std::uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+template <int kN>
+__device__ __forceinline__ void zero(float (&acc)[kN][4]) {
+#pragma unroll
+  for (int j = 0; j < kN; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+  }
+}
+
 // Two floats as bf16s, lo in the low half (the lower column of a fragment).
 __device__ __forceinline__ std::uint32_t pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -127,24 +136,29 @@ __device__ __forceinline__ void add_scores(float (&sc)[kKeys / 8][4],
   }
 }
 
-// One step of the online softmax over a tile of raw scores sc: mask(x, j, e) sets element e
-// of accumulator j, x, to -inf where that pair is masked. m is the running max of the raw scores of
-// rows g and g + 8, l this lane's part of their running sums, o their outputs; m, l and o are
-// rescaled to the new max and sc becomes exp(scale (sc - m)), added to l. The scale is positive
-// (validated), so the max is taken on raw scores and the scale folds into one fma with the
-// exponent's shift.
+// One step of the online softmax over a tile of raw scores sc. Where the tile has masked
+// pairs (edge, the same for the whole warp), mask(x, j, e) sets element e of accumulator j,
+// x, to -inf where that pair is masked; tiles inside the visible region skip that pass. m is
+// the running max of the raw scores of rows g and g + 8, l this lane's part of their running
+// sums, o their outputs; m, l and o are rescaled to the new max and sc becomes
+// exp(scale (sc - m)), added to l. The scale is positive (validated), so the max is taken on
+// raw scores and the scale folds into one fma with the exponent's shift.
 template <int kKeys, int kD, class Mask>
 __device__ __forceinline__ void online_softmax(float (&sc)[kKeys / 8][4], float (&m)[2],
                                                float (&l)[2], float (&o)[kD / 8][4],
-                                               float scale_log2, Mask mask) {
+                                               float scale_log2, bool edge, Mask mask) {
+  if (edge) {
+#pragma unroll
+    for (int j = 0; j < kKeys / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mask(sc[j][e], j, e);
+    }
+  }
   float top[2] = {m[0], m[1]};
 #pragma unroll
   for (int j = 0; j < kKeys / 8; ++j) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      mask(sc[j][e], j, e);
-      top[e / 2] = fmaxf(top[e / 2], sc[j][e]);
-    }
+    for (int e = 0; e < 4; ++e) top[e / 2] = fmaxf(top[e / 2], sc[j][e]);
   }
   float shift[2];
 #pragma unroll
@@ -219,6 +233,40 @@ __device__ __forceinline__ void add_transposed_scores(float (&st)[kRows / 8][4],
       mma(dpt[2 * jj], va, b[0], b[1]);
       mma(dpt[2 * jj + 1], va, b[2], b[3]);
     }
+  }
+}
+
+// P^T and dS^T in place of S^T (st) and dP^T (dpt) for the warp's 16 keys against kRows
+// queries with their lse and Dp (lse_t, dp_t): P^T = exp(scale S^T - lse),
+// dS^T = P^T (out_scale dP^T - Dp). Where the tile has masked pairs (edge, the same for the
+// whole warp), seen(col, e) says whether element e of accumulator tile (column col) is a
+// visible pair; the others are 0.
+template <int kRows, class Seen>
+__device__ __forceinline__ void transposed_probabilities(float (&st)[kRows / 8][4],
+                                                         float (&dpt)[kRows / 8][4],
+                                                         const float* lse_t, const float* dp_t,
+                                                         float scale_log2, float out_scale,
+                                                         int lane, bool edge, Seen seen) {
+  const int t = lane % 4;
+  auto apply = [&](auto masked) {
+#pragma unroll
+    for (int j = 0; j < kRows / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = 8 * j + 2 * t + e % 2;
+        bool visible = true;
+        if constexpr (decltype(masked)::value) visible = seen(col, e);
+        const float pv =
+            visible ? exp2_fast(fmaf(st[j][e], scale_log2, -lse_t[col] * kLog2e)) : 0.f;
+        st[j][e] = pv;
+        dpt[j][e] = pv * (dpt[j][e] * out_scale - dp_t[col]);
+      }
+    }
+  };
+  if (edge) {
+    apply(std::true_type{});
+  } else {
+    apply(std::false_type{});
   }
 }
 
