@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attention/block_sparse.h"
+#include "attention/cuda/dilated.h"
 #include "attention/dilated.h"
 #include "autograd/variable.h"
 #include "bench/harness.h"
@@ -307,6 +308,7 @@ struct Row {
   Timing fwd_bwd;
   nlohmann::json config;
   double fwd_flops = 0;                // useful flops of one forward (GPU rows)
+  std::string kernels;                 // GPU dense and dilated rows: which kernels ran
   std::size_t peak_gpu_bytes = 0;      // GPU rows
   std::optional<std::string> skipped;  // why the case did not run
 };
@@ -387,6 +389,7 @@ std::vector<Row> run_cuda(const Options& options) {
                          ? block_sparse_pairs(*c.sparse, n) * static_cast<double>(options.heads)
                          : attention_pairs(*c.dilated, n, options.heads);
       row.fwd_flops = 4.0 * static_cast<double>(options.head_dim) * pairs;
+      if (c.dilated) row.kernels = longnet::cuda::dilated_attention_kernels(q, k, v);
       longnet::cuda::synchronize(device);
       longnet::cuda::reset_peak_memory(device);
       auto forward = [&] {
@@ -411,8 +414,9 @@ std::vector<Row> run_cuda(const Options& options) {
       }
       rows.push_back(row);
       if (!options.json_only) {
-        std::fprintf(stderr, "  %s n=%lld %s\n", c.name.c_str(), static_cast<long long>(n),
-                     row.skipped ? "skipped: out of GPU memory" : "done");
+        std::fprintf(stderr, "  %s n=%lld %s%s%s\n", c.name.c_str(), static_cast<long long>(n),
+                     row.skipped ? "skipped: out of GPU memory" : "done",
+                     row.kernels.empty() ? "" : ", on ", row.kernels.c_str());
       }
     }
   }
@@ -542,6 +546,7 @@ int main(int argc, char** argv) {
             {"fwd_bwd_tflops", round3(tflops(3.5 * r.fwd_flops, r.fwd_bwd))},
             {"peak_gpu_bytes", r.peak_gpu_bytes},
         });
+        if (!r.kernels.empty()) line["kernels"] = r.kernels;
       } else {
         line.update({{"threads", threads}, {"others_busy", round3(others_during)}});
       }

@@ -211,9 +211,17 @@ TEST_SUITE("gpu") {
     // On a compute capability 9.0 device the wgmma kernels take D = 64; LONGNET_NO_WGMMA
     // sends it to the mma.sync kernels, as on other devices (where both runs take those).
     std::uint64_t seed = 460;
+    Generator gen(459);
+    Tensor q64 = to(to(randn({1, 64, 2, 64}, gen), DType::bf16), kGpu);
+    const std::string kernels = cuda::dilated_attention_kernels(q64, q64, q64);
+    MESSAGE("head dim 64 in bf16 runs on ", kernels, " on ", cuda::device_name(0));
+    CHECK((kernels == "wgmma" || kernels == "mma.sync"));
     for (bool wgmma : {true, false}) {
       CAPTURE(wgmma);
-      if (!wgmma) REQUIRE(setenv("LONGNET_NO_WGMMA", "1", 1) == 0);
+      if (!wgmma) {
+        REQUIRE(setenv("LONGNET_NO_WGMMA", "1", 1) == 0);
+        CHECK(std::string(cuda::dilated_attention_kernels(q64, q64, q64)) == "mma.sync");
+      }
       for (bool causal : {false, true}) {
         // One tile, and tiles cut by the ends of segments and sequences.
         check_against_cpu(self_attention(1, 64, 2, 64), {{64}, {1}, DilatedMode::paper, causal},

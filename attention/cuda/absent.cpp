@@ -17,6 +17,8 @@ bool dilated_attention_on_tensor_cores(const Tensor&, const Tensor&, const Tenso
   no_cuda();
 }
 
+const char* dilated_attention_kernels(const Tensor&, const Tensor&, const Tensor&) { no_cuda(); }
+
 void dilated_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                 const Tensor&, const Tensor&, const DilatedAttentionConfig&, double,
                                 double, const Tensor&, const Tensor&, const Tensor&) {

@@ -607,6 +607,12 @@ bool dilated_attention_on_tensor_cores(const Tensor& q, const Tensor& k, const T
   return mma_takes(p, bf16, {operand(q), operand(k), operand(v), operand(dout)});
 }
 
+const char* dilated_attention_kernels(const Tensor& q, const Tensor& k, const Tensor& v) {
+  if (!dilated_attention_on_tensor_cores(q, k, v)) return "cuda cores";
+  DeviceGuard guard(q.device().index);
+  return mma_wgmma(problem(q, k, v, false, 1.0)) ? "wgmma" : "mma.sync";
+}
+
 void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                const DilatedAttentionConfig& config, double scale,
                                const Tensor& out, const Tensor& lse) {

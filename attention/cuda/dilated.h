@@ -10,11 +10,12 @@
 // group's branch on its heads only.
 //
 // bf16 with D == Dv in {32, 64, 128} and 16-byte aligned rows (aligned base, strides multiples
-// of 8 elements; a dim of size 1 has no stride to check) runs on tensor cores (mma.sync, f32
-// accumulation); everything else on CUDA cores in f32. On tensor cores dq is summed by f32 atomics,
-// so its last bits can differ between runs; out, lse, dk and dv are deterministic. Inputs are
-// validated by the caller (attention/dilated.cpp); these functions write every element of their
-// outputs.
+// of 8 elements; a dim of size 1 has no stride to check) runs on tensor cores (f32
+// accumulation: wgmma on compute capability 9.0, H100 and H200, for D = 64 where the build
+// has sm_90a code, else mma.sync); everything else on CUDA cores in f32. On tensor cores dq is
+// summed by f32 atomics, so its last bits can differ between runs; out, lse, dk and dv are
+// deterministic. Inputs are validated by the caller (attention/dilated.cpp); these functions write
+// every element of their outputs.
 #pragma once
 
 #include "attention/dilated.h"
@@ -35,6 +36,11 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
 // Whether q, k and v (and dout, when defined) take the tensor-core kernels.
 bool dilated_attention_on_tensor_cores(const Tensor& q, const Tensor& k, const Tensor& v,
                                        const Tensor& dout = Tensor());
+
+// The kernels that dense and dilated attention of q, k and v run on their device: "wgmma"
+// or "mma.sync" (tensor cores) or "cuda cores". LONGNET_NO_WGMMA in the environment turns
+// wgmma off (the mma.sync kernels run instead).
+const char* dilated_attention_kernels(const Tensor& q, const Tensor& k, const Tensor& v);
 
 // From the forward's out and lse and the output gradient dout (q's dtype and shape of out,
 // last stride 1), fills dq, dk and dv: contiguous, the shapes of q, k and v, all three in

@@ -134,6 +134,10 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 constexpr int kMmaQueryTile = 64;
 constexpr int kMmaKeyTile = 64;
 
+// Whether the tensor-core kernels of p run on wgmma (else mma.sync): wgmma_device() and a
+// head dim they cover, in a build with sm_90a code.
+bool mma_wgmma(const Problem& p);
+
 // Compact key rows per block of the tensor-core backward (the plan's tiles count these):
 // kMmaKeyTile, or twice that with the wgmma kernels' two warpgroups.
 int mma_key_tile(const Problem& p);

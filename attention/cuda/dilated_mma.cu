@@ -623,13 +623,16 @@ bool wgmma_device() {
   return !disabled && major == 9 && minor == 0;
 }
 
-int mma_key_tile(const Problem& p) {
-  int tile = kMmaKeyTile;
+bool mma_wgmma(const Problem& p) {
+  bool wgmma = false;
   with_head_dim(p.d, [&](auto dim) {
-    with_wgmma<decltype(dim)::value>(
-        [&](auto wgmma) { tile = kMmaKeyTile * backward_groups<decltype(wgmma)::value>; });
+    with_wgmma<decltype(dim)::value>([&](auto on) { wgmma = decltype(on)::value; });
   });
-  return tile;
+  return wgmma;
+}
+
+int mma_key_tile(const Problem& p) {
+  return kMmaKeyTile * (mma_wgmma(p) ? backward_groups<true> : backward_groups<false>);
 }
 
 bool mma_takes(const Problem& p, bool bf16, std::initializer_list<Operand> operands) {
