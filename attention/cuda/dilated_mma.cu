@@ -294,7 +294,7 @@ constexpr std::size_t backward_shared_bytes() {
   constexpr int kRows = backward_rows(kD);
   constexpr std::size_t stats = sizeof(float) * 4 * kRows;
   if constexpr (kWgmma) {
-    // and the second warpgroup's dQ for the first to add.
+    // With wgmma also the second warpgroup's dQ, for the first to add.
     return static_cast<std::size_t>(3 * kKeys + 4 * kRows) * wgmma::kRowBytes +
            sizeof(float) * kRows * kD + stats + wgmma::kAlignment;
   }
@@ -330,10 +330,10 @@ __device__ __forceinline__ void segment_probabilities(float (&st)[kRows / 8][4],
 // Backward of one branch for one key tile: dk and dv of the tile's keys in registers over all
 // query tiles that see them, dq added atomically per query tile. P is recomputed from the
 // saved lse; dS = P (dO' . v - Dp) with dO' = out_scale dO. G is the type of dk and dv:
-// f32 accumulates into earlier branches, bf16 is written. kWgmma as in the forward, with two
-// warpgroups of 64 keys each (backward_groups): every product by a warpgroup from swizzled
-// tiles, dS^T through a swizzled tile for dQ, whose two halves (over each group's keys) the
-// first group adds before its atomics.
+// f32 is written by a first branch and accumulated by a merging one, bf16 is written.
+// kWgmma as in the forward, with two warpgroups of 64 keys each (backward_groups): every
+// product by a warpgroup from swizzled tiles, dS^T through a swizzled tile for dQ, whose two
+// halves (over each group's keys) the first group adds before its atomics.
 // mma.sync: 168 registers for D = 64 (3 blocks a multiprocessor), 247 for D = 128 (1);
 // wgmma: 204 registers, one block of 8 warps a multiprocessor.
 template <class G, int kD, bool kWgmma>
@@ -541,9 +541,9 @@ __global__ void __launch_bounds__(kThreads* backward_groups<kWgmma>, kD == 128 |
     }
   }
 
+  // Within one launch a key belongs to one block, and launches run in order on one stream:
+  // a plain read-modify-write accumulates a merging branch into the ones before it.
   if (br.merge) wait_for_previous_launch();
-    // Within one launch a key belongs to one block, and launches run in order on one stream:
-    // a plain read-modify-write accumulates a merging branch into the ones before it.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const std::int64_t key = warp_key + g + 8 * i;

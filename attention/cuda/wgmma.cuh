@@ -1,11 +1,11 @@
 // Warpgroup matrix multiply (wgmma.mma_async, sm_90a) for the attention kernels of
 // attention/cuda/dilated_mma.cu: a warpgroup (4 consecutive warps, 128 threads) computes a
-// 64 x 64 f32 accumulator from a 64 x 16 A (registers or shared memory) and a 16 x 64 B
-// (shared memory), 16 values of the reduction (k) a step. Warp w of the group holds rows
-// 16 w..16 w + 15 of the accumulator in the layout of mma.sync m16n8k16's accumulators, one
-// per 8 columns (acc[j][e]: row g + 8 (e / 2), column 8 j + 2 t + e % 2 with (g, t) =
-// (lane / 4, lane % 4)), and an A from registers in the layout of mma.sync's A fragment, so
-// the online softmax and the fragment packing of attention/cuda/mma.cuh apply unchanged.
+// 64 x 64 (or 64 x 128) f32 accumulator from a 64 x 16 A (registers or shared memory) and a
+// 16 x 64 (16 x 128) B (shared memory), 16 values of the reduction (k) a step. Warp w of the group
+// holds rows 16 w..16 w + 15 of the accumulator in the layout of mma.sync m16n8k16's accumulators,
+// one per 8 columns (acc[j][e]: row g + 8 (e / 2), column 8 j + 2 t + e % 2 with (g, t) = (lane /
+// 4, lane % 4)), and an A from registers in the layout of mma.sync's A fragment, so the online
+// softmax and the fragment packing of attention/cuda/mma.cuh apply unchanged.
 //
 // Shared tiles are rows of 64 bf16s (128 bytes) with the 128-byte swizzle: 16-byte chunk c of
 // row r sits at chunk c ^ (r % 8). A tile starts on a 1024-byte boundary (the swizzle's
