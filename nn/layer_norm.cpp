@@ -46,10 +46,7 @@ void with_affine_type(DType affine, F&& f) {
   f(TypeTag<T>{});
 }
 
-DType affine_dtype(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  if (weight.defined()) return weight.dtype();
-  return bias.defined() ? bias.dtype() : x.dtype();
-}
+using cuda::layer_norm_affine_dtype;
 
 // Calls f with the element type Y of y and dy, of dtype out: T, or bf16 beside f32 x (the
 // cast to the compute dtype fused into the norm).
@@ -73,7 +70,7 @@ void forward_cpu(const Tensor& xc, const Tensor& wc, const Tensor& bc, double ep
   std::int64_t rows = xc.numel() / dim;
   dispatch_floating(xc.dtype(), "layer_norm", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    with_affine_type<T>(affine_dtype(xc, wc, bc), [&](auto wtag) {
+    with_affine_type<T>(layer_norm_affine_dtype(xc, wc, bc), [&](auto wtag) {
       with_output_type<T>(y.dtype(), [&](auto ytag) {
         using W = typename decltype(wtag)::type;
         using Y = typename decltype(ytag)::type;
@@ -132,7 +129,7 @@ void backward_cpu(const Tensor& gc, const Tensor& xc, const Tensor& wc, const Te
 
   dispatch_floating(xc.dtype(), "layer_norm backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    with_affine_type<T>(affine_dtype(xc, wc, dw.defined() ? dw : db), [&](auto wtag) {
+    with_affine_type<T>(layer_norm_affine_dtype(xc, wc, dw.defined() ? dw : db), [&](auto wtag) {
       with_output_type<T>(gc.dtype(), [&](auto ytag) {
         using W = typename decltype(wtag)::type;
         using Y = typename decltype(ytag)::type;

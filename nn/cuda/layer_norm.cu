@@ -365,11 +365,6 @@ void with_affine_type(DType affine, F&& f) {
   f(TypeTag<T>{});
 }
 
-DType affine_dtype(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  if (weight.defined()) return weight.dtype();
-  return bias.defined() ? bias.dtype() : x.dtype();
-}
-
 // Calls f with the element type Y of y and dy, of dtype out: T, or bf16 beside f32 x.
 template <class T, class F>
 void with_output_type(DType out, F&& f) {
@@ -397,7 +392,7 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
   dispatch_device_floating(x.dtype(), "layer_norm", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = acc_t<T>;
-    with_affine_type<T>(affine_dtype(x, weight, bias), [&](auto wtag) {
+    with_affine_type<T>(layer_norm_affine_dtype(x, weight, bias), [&](auto wtag) {
       with_output_type<T>(y.dtype(), [&](auto ytag) {
         using W = typename decltype(wtag)::type;
         using Y = typename decltype(ytag)::type;
@@ -427,7 +422,7 @@ void layer_norm_backward(const Tensor& g, const Tensor& x, bool gelu_first, cons
   if (!dx.defined() && !sums) return;
   DeviceGuard guard(x.device().index);
   cudaStream_t stream = stream_for(x.device());
-  DType affine = affine_dtype(x, weight, dweight.defined() ? dweight : dbias);
+  DType affine = layer_norm_affine_dtype(x, weight, dweight.defined() ? dweight : dbias);
   // With no rows the sums are 0: one block of no rows writes the zero partials.
   std::int64_t block_rows =
       std::max(kColumnRows, (rows + kMaxColumnRowBlocks - 1) / kMaxColumnRowBlocks);

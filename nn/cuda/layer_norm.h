@@ -7,6 +7,14 @@
 
 namespace longnet::cuda {
 
+// The dtype LayerNorm keeps weight and bias (and their gradients) in beside x: that of the
+// weight, else of the bias, else x's. The CPU (nn/layer_norm.cpp) and the GPU kernels agree
+// on it through this one rule.
+inline DType layer_norm_affine_dtype(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (weight.defined()) return weight.dtype();
+  return bias.defined() ? bias.dtype() : x.dtype();
+}
+
 // x (..., D) contiguous, floating; weight and bias (D) contiguous or undefined. Writes y
 // (x's shape; x's dtype, or bf16 beside f32 x) and the per-row mean and rstd (rows =
 // numel / D).
