@@ -203,6 +203,13 @@ TEST_SUITE("gpu") {
                           DType::bf16, ++seed);
         check_against_cpu({1, 190, 260, 2, d, d}, {{128, 260}, {1, 2}, DilatedMode::paper, causal},
                           DType::bf16, ++seed);
+        // Grouped, fewer keys than queries: segments from 260 on have no keys at any offset.
+        check_against_cpu({2, 390, 131, 3, d, d},
+                          {{130, 260, 390}, {1, 2, 4}, DilatedMode::grouped, causal}, DType::bf16,
+                          ++seed);
+        check_against_cpu({1, 131, 390, 3, d, d},
+                          {{130, 260, 390}, {1, 2, 4}, DilatedMode::grouped, causal}, DType::bf16,
+                          ++seed);
       }
     }
   }
@@ -238,11 +245,11 @@ TEST_SUITE("gpu") {
     }
   }
 
-  TEST_CASE("bf16 results kept in f32 are written in full, with and without zeros first") {
-    // f32 outputs of bf16 inputs are the accumulators themselves. Where the first launch
-    // writes every row (rate-1 first branch, keys for every query) they are not zeroed first,
-    // so any row it missed stays NaN; keys no query sees (Nq < Nk, causal) must get zeros.
-    // Against the CPU in f64 on the same bf16 inputs.
+  TEST_CASE("bf16 results kept in f32 are written in full by the tensor-core kernels") {
+    // f32 outputs of bf16 inputs are the accumulators themselves, never zeroed first: the
+    // first branch's kernels write the rows they select, write_unselected the others (a rate
+    // above 1, segments without keys), so any row both missed stays NaN; keys no query sees
+    // (Nq < Nk, causal) must get zeros. Against the CPU in f64 on the same bf16 inputs.
     std::uint64_t seed = 470;
     for (bool causal : {true, false}) {
       for (const auto& test :
@@ -255,7 +262,12 @@ TEST_SUITE("gpu") {
             std::pair{self_attention(1, 300, 4, 64),
                       DilatedAttentionConfig{{300}, {1}, DilatedMode::grouped, causal}},
             std::pair{self_attention(1, 200, 3, 64),
-                      DilatedAttentionConfig{{64, 200}, {2, 1}, DilatedMode::paper, causal}}}) {
+                      DilatedAttentionConfig{{64, 200}, {2, 1}, DilatedMode::paper, causal}},
+            std::pair{Dims{1, 300, 140, 3, 64, 64},
+                      DilatedAttentionConfig{{100, 300}, {2, 3}, DilatedMode::paper, causal}},
+            std::pair{Dims{2, 300, 140, 3, 64, 64},
+                      DilatedAttentionConfig{
+                          {100, 200, 300}, {1, 2, 3}, DilatedMode::grouped, causal}}}) {
         const Dims& dims = test.first;
         const DilatedAttentionConfig& c = test.second;
         INFO(describe_case(dims, c, DType::bf16));

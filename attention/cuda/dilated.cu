@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -447,11 +448,84 @@ __global__ void fill_kernel(T* dst, T value, std::int64_t n) {
   }
 }
 
-template <class T>
+// dst = src rounded to T, V elements a step (V = 8: 32-byte loads, 16-byte bf16 stores).
+template <class T, int V>
 __global__ void convert_kernel(T* dst, const float* src, std::int64_t n) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+  struct alignas(sizeof(float) * V) In {
+    float v[V];
+  };
+  struct alignas(sizeof(T) * V) Out {
+    T v[V];
+  };
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n / V;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    dst[i] = from_float<T>(src[i]);
+    const In x = reinterpret_cast<const In*>(src)[i];
+    Out y;
+#pragma unroll
+    for (int e = 0; e < V; ++e) y.v[e] = from_float<T>(x.v[e]);
+    reinterpret_cast<Out*>(dst)[i] = y;
+  }
+}
+
+// The rows a launch of the tensor-core kernels leaves alone, for the heads it starts (no
+// merging): zeros in rows (contiguous (B, n, H, D) of T, 16-byte aligned, `chunks` 16-byte
+// chunks a row, at most 32) at the positions its branch selects for none of them, and
+// (queries) where the segment has no keys at the head's offset; -inf in lse (B, H, n) there
+// too, when given. A lane per row of the launch's heads, in memory order, decides; the warp
+// then stores its 32 rows' zeros together, 32 / chunks rows a store (consecutive 16-byte
+// chunks). 32-bit index arithmetic where the sizes allow.
+template <class T>
+__global__ void unselected_kernel(T* rows, float* lse, Problem p, Launch l, std::int64_t batch,
+                                  std::int64_t n, int chunks, bool queries) {
+  const std::int64_t count = batch * n * l.heads;
+  const bool narrow = count <= std::numeric_limits<std::uint32_t>::max();
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (std::int64_t w = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / 32;
+       w * 32 < count; w += warps) {
+    // Lane's row i = (b n + pos) heads + h.
+    const std::int64_t i = w * 32 + lane;
+    bool gap = false;
+    uint4* row = nullptr;
+    if (i < count) {
+      std::int64_t h;
+      std::int64_t pos;
+      std::int64_t b;
+      if (narrow) {
+        const auto i32 = static_cast<std::uint32_t>(i);
+        const auto heads = static_cast<std::uint32_t>(l.heads);
+        const auto n32 = static_cast<std::uint32_t>(n);
+        h = i32 % heads;
+        pos = i32 / heads % n32;
+        b = i32 / heads / n32;
+      } else {
+        h = i % l.heads;
+        pos = i / l.heads % n;
+        b = i / l.heads / n;
+      }
+      const int head = l.head_begin + static_cast<int>(h);
+      const Branch br = branch_of(l, head);
+      const std::int64_t j = br.offset >= 0 ? br.offset : head % br.r;
+      const std::int64_t in_segment =  // pos - t0
+          narrow ? static_cast<std::uint32_t>(pos) % static_cast<std::uint32_t>(br.w) : pos % br.w;
+      const std::int64_t after = in_segment - j;  // past the segment's first selected row
+      const bool picked =
+          after >= 0 &&
+          (narrow ? static_cast<std::uint32_t>(after) % static_cast<std::uint32_t>(br.r)
+                  : after % br.r) == 0 &&
+          (!queries || pos - in_segment + j < p.nk);
+      gap = !picked;
+      row = reinterpret_cast<uint4*>(rows + ((b * n + pos) * p.heads + head) * p.d);
+      if (gap && lse != nullptr) lse[(b * p.heads + head) * n + pos] = -kInf;
+    }
+    const unsigned gaps = __ballot_sync(0xffffffffu, gap);
+    const int per_store = 32 / chunks;
+    for (int first = 0; first < 32; first += per_store) {
+      const int k = first + lane / chunks;  // the row this lane stores a chunk of
+      uint4* target = reinterpret_cast<uint4*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<std::uintptr_t>(row), k));
+      if (gaps >> k & 1u) target[lane % chunks] = uint4{};
+    }
   }
 }
 
@@ -473,8 +547,15 @@ template <class T>
 void convert(const Tensor& dst, const Tensor& src, cudaStream_t stream) {
   std::int64_t n = dst.numel();
   if (n == 0) return;
-  convert_kernel<<<grid_for(n), kThreads, 0, stream>>>(
-      static_cast<T*>(dst.raw_data()), static_cast<const float*>(src.raw_data()), n);
+  auto* to = static_cast<T*>(dst.raw_data());
+  const auto* from = static_cast<const float*>(src.raw_data());
+  constexpr int kWide = 8;
+  if (n % kWide == 0 && reinterpret_cast<std::uintptr_t>(to) % (sizeof(T) * kWide) == 0 &&
+      reinterpret_cast<std::uintptr_t>(from) % (sizeof(float) * kWide) == 0) {
+    convert_kernel<T, kWide><<<grid_for(n / kWide), kThreads, 0, stream>>>(to, from, n);
+  } else {
+    convert_kernel<T, 1><<<grid_for(n), kThreads, 0, stream>>>(to, from, n);
+  }
   LN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -549,13 +630,12 @@ std::vector<Launch> plan(const DilatedAttentionConfig& c, const Problem& p, int 
   return launches;
 }
 
-// Whether the first launch of the tensor-core kernels writes every row of the outputs it
-// starts (out and lse forward, dk and dv backward), so that they need no zeros first: it
-// takes every head, with rate-1 branches only, and every position with queries has keys.
-bool first_launch_covers(const std::vector<Launch>& launches, const Problem& p) {
-  const Launch& l = launches.front();
-  if (l.head_begin != 0 || l.heads != p.heads || p.nk < p.nq) return false;
-  return std::all_of(l.branch, l.branch + l.count, [](const Branch& b) { return b.r == 1; });
+// The tensor-core kernels write the outputs' rows in 16-byte chunks (rows of D = 32, 64 or
+// 128 elements, contiguous: aligned where the base is).
+bool chunks_aligned(std::initializer_list<const Tensor*> outputs) {
+  return std::all_of(outputs.begin(), outputs.end(), [](const Tensor* t) {
+    return reinterpret_cast<std::uintptr_t>(t->raw_data()) % 16 == 0;
+  });
 }
 
 dim3 grid_of(const Launch& l, std::int64_t batch) {
@@ -563,6 +643,26 @@ dim3 grid_of(const Launch& l, std::int64_t batch) {
            " and heads ", l.heads, " must each be at most 65535 (grid limits); split the batch");
   return dim3(static_cast<unsigned>(l.blocks), static_cast<unsigned>(l.heads),
               static_cast<unsigned>(batch));
+}
+
+// Writes what the tensor-core kernels leave of out and lse (forward: lse given, queries) or of
+// dk and dv (backward): the rows of the launches that start heads where their branches skip
+// positions (a rate above 1, or queries past the keys).
+template <class T>
+void write_unselected(const std::vector<Launch>& launches, const Problem& p, std::int64_t batch,
+                      T* rows, float* lse, cudaStream_t stream) {
+  const bool queries = lse != nullptr;
+  const std::int64_t n = queries ? p.nq : p.nk;
+  for (const Launch& l : launches) {
+    const bool skips = std::any_of(l.branch, l.branch + l.count, [&](const Branch& b) {
+      return !b.merge && (b.r > 1 || (queries && p.nk < p.nq));
+    });
+    if (!skips) continue;
+    const auto chunks = static_cast<int>(p.d * static_cast<std::int64_t>(sizeof(T)) / 16);
+    unselected_kernel<T><<<grid_for(batch * n * l.heads), kThreads, 0, stream>>>(
+        rows, lse, p, l, batch, n, chunks, queries);
+    LN_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 constexpr std::size_t forward_shared_bytes(int kd) {
@@ -620,7 +720,7 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
   cudaStream_t stream = current_stream(q.device().index);
   const Problem p = problem(q, k, v, config.causal, scale);
   const std::int64_t batch = q.size(0);
-  const bool mma = dilated_attention_on_tensor_cores(q, k, v);
+  const bool mma = dilated_attention_on_tensor_cores(q, k, v) && chunks_aligned({&out});
   const std::vector<Launch> launches = plan(config, p, mma ? kMmaQueryTile : kTile);
   const bool merged = launches.size() > 1 && config.mode == DilatedMode::paper;
   with_element(q.dtype(), [&](auto element) {
@@ -628,17 +728,25 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
     // Merging branches needs f32 partial outputs: out itself when it is f32, else a scratch.
     Tensor acc =
         merged && out.dtype() != DType::f32 ? empty(out.shape(), {DType::f32, out.device()}) : out;
-    // Positions no branch selects keep out = 0 and lse = -inf.
-    if (!mma || !first_launch_covers(launches, p)) {
+    // Positions no branch selects keep out = 0 and lse = -inf: written first for the kernels
+    // on CUDA cores, alongside the tensor-core kernels' rows for those (write_unselected).
+    const bool work = p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0;
+    float* lse_data = static_cast<float*>(lse.raw_data());
+    if (!mma || !work) {
       zero(acc, stream);
-      fill_value(static_cast<float*>(lse.raw_data()), -kInf, lse.numel(), stream);
+      fill_value(lse_data, -kInf, lse.numel(), stream);
     }
-    if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0 && mma) {
+    if (work && mma) {
+      if (acc.dtype() == DType::f32) {
+        write_unselected(launches, p, batch, static_cast<float*>(acc.raw_data()), lse_data, stream);
+      } else {
+        write_unselected(launches, p, batch, static_cast<T*>(acc.raw_data()), lse_data, stream);
+      }
       for (const Launch& l : launches) {
         mma_forward(p, l, grid_of(l, batch), operand(q), operand(k), operand(v), acc.raw_data(),
                     acc.dtype() == DType::f32, static_cast<float*>(lse.raw_data()), stream);
       }
-    } else if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
+    } else if (work) {
       with_head_tile(std::max(p.d, p.dv), [&](auto tile) {
         constexpr int kD = decltype(tile)::value;
         for (const Launch& l : launches) {
@@ -667,7 +775,8 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
   cudaStream_t stream = current_stream(q.device().index);
   const Problem p = problem(q, k, v, config.causal, scale);
   const std::int64_t batch = q.size(0);
-  const bool mma = dilated_attention_on_tensor_cores(q, k, v, dout);
+  const bool mma =
+      dilated_attention_on_tensor_cores(q, k, v, dout) && chunks_aligned({&dq, &dk, &dv});
   const std::vector<Launch> launches = plan(config, p, mma ? mma_key_tile(p) : kTile, out_scale);
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);
@@ -676,17 +785,27 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
     // block of the whole backward (grouped mode, or one branch).
     const bool direct = dq.dtype() == DType::f32;
     const bool keys_once = mma && (config.mode == DilatedMode::grouped || launches.size() == 1);
-    // dq takes atomic additions; dk and dv need no zeros where the first launch writes them.
-    const bool keys_covered = mma && first_launch_covers(launches, p);
+    // dq takes atomic additions. dk and dv: zeros first for the kernels on CUDA cores, and
+    // alongside the tensor-core kernels' keys where those skip positions (write_unselected).
+    const bool work = p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0;
     auto accumulator = [&](const Tensor& t, bool in_place, bool zeroed) {
       Tensor a = in_place ? t : empty(t.shape(), {DType::f32, t.device()});
       if (zeroed) zero(a, stream);
       return a;
     };
     Tensor dq_acc = accumulator(dq, direct, true);
-    Tensor dk_acc = accumulator(dk, direct || keys_once, !keys_covered);
-    Tensor dv_acc = accumulator(dv, direct || keys_once, !keys_covered);
-    if (p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0) {
+    Tensor dk_acc = accumulator(dk, direct || keys_once, !mma || !work);
+    Tensor dv_acc = accumulator(dv, direct || keys_once, !mma || !work);
+    if (work && mma) {
+      for (const Tensor* t : {&dk_acc, &dv_acc}) {
+        if (t->dtype() == DType::f32) {
+          write_unselected(launches, p, batch, static_cast<float*>(t->raw_data()), nullptr, stream);
+        } else {
+          write_unselected(launches, p, batch, static_cast<T*>(t->raw_data()), nullptr, stream);
+        }
+      }
+    }
+    if (work) {
       Tensor dp = empty({batch, p.heads, p.nq}, {DType::f32, q.device()});
       std::int64_t rows = batch * p.nq * p.heads;
       auto blocks = static_cast<unsigned>((rows * kDpLanes + kThreads - 1) / kThreads);
