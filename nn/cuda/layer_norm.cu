@@ -118,10 +118,26 @@ __device__ __forceinline__ void for_lane_chunks(int chunks, int lane, F&& f) {
   for (int q = 32 * K + lane; q < chunks; q += 32) f(K, q);
 }
 
+// The V affine parameters from column j, or `absent` without them: 16-byte loads where a
+// chunk of V is whole 16-byte pieces (with_chunk_width then found the parameters aligned
+// too), else one element at a time.
 template <class W, int V, class C>
-__device__ __forceinline__ void load_affine(const W* p, std::int64_t j, C (&out)[V]) {
+__device__ __forceinline__ void load_affine(const W* p, std::int64_t j, C (&out)[V], C absent) {
+  constexpr int kPiece = 16 / static_cast<int>(sizeof(W));
+  if (p == nullptr) {
 #pragma unroll
-  for (int e = 0; e < V; ++e) out[e] = p != nullptr ? static_cast<C>(p[j + e]) : C(1);
+    for (int e = 0; e < V; ++e) out[e] = absent;
+  } else if constexpr (V % kPiece == 0) {
+#pragma unroll
+    for (int k = 0; k < V; k += kPiece) {
+      const Chunk<kPiece, W> c = load_chunk<kPiece>(p + j + k);
+#pragma unroll
+      for (int e = 0; e < kPiece; ++e) out[k + e] = static_cast<C>(c.v[e]);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; ++e) out[e] = static_cast<C>(p[j + e]);
+  }
 }
 
 // One warp per row. The statistics follow the cpu's two passes (the mean, then the squares
@@ -159,13 +175,15 @@ __global__ void __launch_bounds__(kRowThreads)
   for_lane_chunks<K>(chunks, lane, [&](int c, int q) {
     C v[V];
     C w[V];
+    C b[V];
     xr.get(c, q, v);
     const std::int64_t j = static_cast<std::int64_t>(q) * V;
-    load_affine<W, V>(weight, j, w);
+    load_affine<W, V>(weight, j, w, C(1));
+    load_affine<W, V>(bias, j, b, C(0));
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       v[e] = (v[e] - m) * rs * w[e];
-      if (bias != nullptr) v[e] += static_cast<C>(bias[j + e]);
+      if (bias != nullptr) v[e] += b[e];
     }
     store_chunk<V>(yr + j, v);
   });
@@ -208,7 +226,7 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll
     for (int e = 0; e < V; ++e) v[e] = static_cast<C>(xc.v[e]);
     prologue<kGelu, T>(v);
-    load_affine<W, V>(weight, j, w);
+    load_affine<W, V>(weight, j, w, C(1));
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       const C gy = static_cast<C>(gc.v[e]) * w[e];
@@ -243,7 +261,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const std::int64_t end = begin + block_rows < rows ? begin + block_rows : rows;
   const std::int64_t j = q * V;
   C w[V];
-  load_affine<W, V>(weight, j, w);
+  load_affine<W, V>(weight, j, w, C(1));
   C sum_w[V] = {};
   C sum_b[V] = {};
   for (std::int64_t row = begin; row < end; row += kColumnUnroll) {
@@ -350,6 +368,8 @@ __global__ void __launch_bounds__(kPartialColumns* kPartialLanes)
   out[j] = static_cast<T>(static_cast<acc_t<T>>(total));
 }
 
+const void* raw_or_null(const Tensor& t) { return t.defined() ? t.raw_data() : nullptr; }
+
 template <class T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? device_ptr<const T>(t) : nullptr;
@@ -396,7 +416,10 @@ void layer_norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
       with_output_type<T>(y.dtype(), [&](auto ytag) {
         using W = typename decltype(wtag)::type;
         using Y = typename decltype(ytag)::type;
-        with_chunk_width<T>(dim, {x.raw_data(), y.raw_data()}, [&](auto width) {
+        // The affine parameters are read in chunks too.
+        std::initializer_list<const void*> aligned = {x.raw_data(), y.raw_data(),
+                                                      raw_or_null(weight), raw_or_null(bias)};
+        with_chunk_width<T>(dim, aligned, [&](auto width) {
           constexpr int kV = decltype(width)::value;
           with_cached_chunks(dim, kV, [&](auto cached) {
             with_gelu(gelu_first, [&](auto gelu) {
@@ -438,8 +461,8 @@ void layer_norm_backward(const Tensor& g, const Tensor& x, bool gelu_first, cons
     C* pb = partial_b.defined() ? device_ptr<C>(partial_b) : nullptr;
     with_affine_type<T>(affine, [&](auto wtag) {
       using W = typename decltype(wtag)::type;
-      std::initializer_list<const void*> aligned = {g.raw_data(), x.raw_data(),
-                                                    dx.defined() ? dx.raw_data() : nullptr};
+      std::initializer_list<const void*> aligned = {g.raw_data(), x.raw_data(), raw_or_null(dx),
+                                                    raw_or_null(weight)};
       with_output_type<T>(g.dtype(), [&](auto ytag) {
         using Y = typename decltype(ytag)::type;
         with_chunk_width<T>(dim, aligned, [&](auto width) {
