@@ -36,6 +36,7 @@
 #include "bench/harness.h"
 #include "tensor/creation.h"
 #include "tensor/cuda/runtime.h"
+#include "tensor/error.h"
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
@@ -145,13 +146,13 @@ Options parse_options(int argc, char** argv) {
     auto positive = [&](std::int64_t& out) {
       std::string text = take_value();
       auto parsed = longnet::bench::parse_positive(text);
-      if (!parsed) usage_error(arg + " wants a positive integer, got '" + text + "'");
+      if (!parsed) usage_error(longnet::cat(arg, " wants a positive integer, got '", text, "'"));
       out = *parsed;
     };
     auto positive_list = [&](std::vector<std::int64_t>& out) {
       std::string text = take_value();
       auto parsed = longnet::bench::parse_positive_list(text);
-      if (!parsed) usage_error(arg + " wants positive integers, got '" + text + "'");
+      if (!parsed) usage_error(longnet::cat(arg, " wants positive integers, got '", text, "'"));
       out = *parsed;
     };
     if (arg == "--device") {
