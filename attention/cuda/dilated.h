@@ -9,13 +9,13 @@
 // which is the one softmax over the union of the branches' keys; grouped mode runs each
 // group's branch on its heads only.
 //
-// bf16 with D == Dv in {32, 64, 128} and 16-byte aligned rows (aligned base, strides multiples
-// of 8 elements; a dim of size 1 has no stride to check) runs on tensor cores (f32
-// accumulation: wgmma on compute capability 9.0, H100 and H200, for D = 64 where the build
-// has sm_90a code, else mma.sync); everything else on CUDA cores in f32. On tensor cores dq is
-// summed by f32 atomics, so its last bits can differ between runs; out, lse, dk and dv are
-// deterministic. Inputs are validated by the caller (attention/dilated.cpp); these functions write
-// every element of their outputs.
+// bf16 with D == Dv in {32, 64, 128} and 16-byte aligned rows of inputs and outputs (aligned
+// base, strides multiples of 8 elements; a dim of size 1 has no stride to check) runs on
+// tensor cores (f32 accumulation: wgmma on compute capability 9.0, H100 and H200, for D = 64
+// where the build has sm_90a code, else mma.sync); everything else on CUDA cores in f32. On
+// tensor cores dq is summed by f32 atomics, so its last bits can differ between runs; out,
+// lse, dk and dv are deterministic. Inputs are validated by the caller
+// (attention/dilated.cpp); these functions write every element of their outputs.
 #pragma once
 
 #include "attention/dilated.h"
