@@ -645,26 +645,6 @@ dim3 grid_of(const Launch& l, std::int64_t batch) {
               static_cast<unsigned>(batch));
 }
 
-// Writes what the tensor-core kernels leave of out and lse (forward: lse given, queries) or of
-// dk and dv (backward): the rows of the launches that start heads where their branches skip
-// positions (a rate above 1, or queries past the keys).
-template <class T>
-void write_unselected(const std::vector<Launch>& launches, const Problem& p, std::int64_t batch,
-                      T* rows, float* lse, cudaStream_t stream) {
-  const bool queries = lse != nullptr;
-  const std::int64_t n = queries ? p.nq : p.nk;
-  for (const Launch& l : launches) {
-    const bool skips = std::any_of(l.branch, l.branch + l.count, [&](const Branch& b) {
-      return !b.merge && (b.r > 1 || (queries && p.nk < p.nq));
-    });
-    if (!skips) continue;
-    const auto chunks = static_cast<int>(p.d * static_cast<std::int64_t>(sizeof(T)) / 16);
-    unselected_kernel<T><<<grid_for(batch * n * l.heads), kThreads, 0, stream>>>(
-        rows, lse, p, l, batch, n, chunks, queries);
-    LN_CUDA_CHECK(cudaGetLastError());
-  }
-}
-
 constexpr std::size_t forward_shared_bytes(int kd) {
   return sizeof(float) * (3 * kTile * (kd + kPad) + kTile * kPRow);
 }
@@ -695,6 +675,28 @@ void with_element(DType dtype, F f) {
   if (dtype == DType::bf16) return f(__nv_bfloat16{});
   LN_CHECK(dtype == DType::f32, "dilated attention on cuda takes f32 or bf16, got ", name(dtype));
   return f(float{});
+}
+
+// Writes what the tensor-core kernels leave of out and lse (forward: lse given, queries) or of
+// dk and dv (backward): the rows (f32 or bf16) of the launches that start heads where their
+// branches skip positions (a rate above 1, or queries past the keys).
+void write_unselected(const std::vector<Launch>& launches, const Problem& p, std::int64_t batch,
+                      const Tensor& rows, float* lse, cudaStream_t stream) {
+  const bool queries = lse != nullptr;
+  const std::int64_t n = queries ? p.nq : p.nk;
+  for (const Launch& l : launches) {
+    const bool skips = std::any_of(l.branch, l.branch + l.count, [&](const Branch& b) {
+      return !b.merge && (b.r > 1 || (queries && p.nk < p.nq));
+    });
+    if (!skips) continue;
+    with_element(rows.dtype(), [&](auto element) {
+      using T = decltype(element);
+      const auto chunks = static_cast<int>(p.d * static_cast<std::int64_t>(sizeof(T)) / 16);
+      unselected_kernel<T><<<grid_for(batch * n * l.heads), kThreads, 0, stream>>>(
+          static_cast<T*>(rows.raw_data()), lse, p, l, batch, n, chunks, queries);
+    });
+    LN_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace
@@ -737,14 +739,10 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
       fill_value(lse_data, -kInf, lse.numel(), stream);
     }
     if (work && mma) {
-      if (acc.dtype() == DType::f32) {
-        write_unselected(launches, p, batch, static_cast<float*>(acc.raw_data()), lse_data, stream);
-      } else {
-        write_unselected(launches, p, batch, static_cast<T*>(acc.raw_data()), lse_data, stream);
-      }
+      write_unselected(launches, p, batch, acc, lse_data, stream);
       for (const Launch& l : launches) {
         mma_forward(p, l, grid_of(l, batch), operand(q), operand(k), operand(v), acc.raw_data(),
-                    acc.dtype() == DType::f32, static_cast<float*>(lse.raw_data()), stream);
+                    acc.dtype() == DType::f32, lse_data, stream);
       }
     } else if (work) {
       with_head_tile(std::max(p.d, p.dv), [&](auto tile) {
@@ -797,13 +795,8 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
     Tensor dk_acc = accumulator(dk, direct || keys_once, !mma || !work);
     Tensor dv_acc = accumulator(dv, direct || keys_once, !mma || !work);
     if (work && mma) {
-      for (const Tensor* t : {&dk_acc, &dv_acc}) {
-        if (t->dtype() == DType::f32) {
-          write_unselected(launches, p, batch, static_cast<float*>(t->raw_data()), nullptr, stream);
-        } else {
-          write_unselected(launches, p, batch, static_cast<T*>(t->raw_data()), nullptr, stream);
-        }
-      }
+      write_unselected(launches, p, batch, dk_acc, nullptr, stream);
+      write_unselected(launches, p, batch, dv_acc, nullptr, stream);
     }
     if (work) {
       Tensor dp = empty({batch, p.heads, p.nq}, {DType::f32, q.device()});
