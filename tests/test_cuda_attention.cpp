@@ -240,6 +240,14 @@ TEST_SUITE("gpu") {
                           {{256, 700}, {1, 3}, DilatedMode::grouped, causal}, DType::bf16, ++seed);
         check_against_cpu({1, 130, 200, 2, 64, 64},
                           {{128, 200}, {1, 2}, DilatedMode::paper, causal}, DType::bf16, ++seed);
+        // Segments of one, two and three wgmma forward tiles (192 rows, counted from the
+        // segment's end) and one row more or less.
+        check_against_cpu(self_attention(1, 577, 2, 64),
+                          {{191, 384, 577}, {1, 2, 3}, DilatedMode::paper, causal}, DType::bf16,
+                          ++seed);
+        check_against_cpu(self_attention(1, 577, 4, 64),
+                          {{192, 385, 577}, {1, 1, 3}, DilatedMode::grouped, causal}, DType::bf16,
+                          ++seed);
       }
       REQUIRE(unsetenv("LONGNET_NO_WGMMA") == 0);
     }

@@ -723,7 +723,7 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
   const Problem p = problem(q, k, v, config.causal, scale);
   const std::int64_t batch = q.size(0);
   const bool mma = dilated_attention_on_tensor_cores(q, k, v) && chunks_aligned({&out});
-  const std::vector<Launch> launches = plan(config, p, mma ? kMmaQueryTile : kTile);
+  const std::vector<Launch> launches = plan(config, p, mma ? mma_query_tile(p) : kTile);
   const bool merged = launches.size() > 1 && config.mode == DilatedMode::paper;
   with_element(q.dtype(), [&](auto element) {
     using T = decltype(element);

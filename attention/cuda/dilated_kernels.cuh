@@ -129,14 +129,18 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 
 // ---- the tensor-core path (attention/cuda/dilated_mma.cu) ----
 
-// Compact rows per block tile of the tensor-core kernels: the forward's query tile and the
-// backward's key tile (the plan's tiles count these).
+// Compact rows of a warpgroup's (a block's, with mma.sync) tile in the tensor-core kernels:
+// the forward's query tile and the backward's key tile.
 constexpr int kMmaQueryTile = 64;
 constexpr int kMmaKeyTile = 64;
 
 // Whether the tensor-core kernels of p run on wgmma (else mma.sync): wgmma_device() and a
 // head dim they cover, in a build with sm_90a code.
 bool mma_wgmma(const Problem& p);
+
+// Compact query rows per block of the tensor-core forward (the plan's tiles count these):
+// kMmaQueryTile, or three times that with the wgmma kernel's three warpgroups.
+int mma_query_tile(const Problem& p);
 
 // Compact key rows per block of the tensor-core backward (the plan's tiles count these):
 // kMmaKeyTile, or twice that with the wgmma kernels' two warpgroups.

@@ -16,11 +16,13 @@
 //
 // On H100 and H200 (sm_90a, D = 64) the same kernels run their products on wgmma
 // (attention/cuda/wgmma.cuh) instead, from swizzled tiles that the tensor cores read from
-// shared memory: the forward's warpgroup takes 64 x 128 scores a step (Q and K both from
-// shared memory, P V with P from registers); the backward's block is two warpgroups of 64
-// keys each, so that each query tile is read and its dQ added once per 128 keys (half the L2
-// traffic of 64-key blocks, which had made the backward L2-bound). The mma.sync kernels stay
-// for sm_80, the other head dims and LONGNET_NO_WGMMA.
+// shared memory: the forward's block is three warpgroups of 64 query rows that share each
+// step's key and value tiles (a third of the L2 reads of one warpgroup a block), each taking
+// 64 x 128 scores a step (Q and K both from shared memory, P V with P from registers); the
+// backward's block is two warpgroups of 64 keys each, so that each query tile is read and its
+// dQ added once per 128 keys (half the L2 traffic of 64-key blocks, which had made the
+// backward L2-bound). The mma.sync kernels stay for sm_80, the other head dims and
+// LONGNET_NO_WGMMA.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -45,6 +47,13 @@ constexpr int kForwardKeys = 64;
 constexpr int kWgmmaForwardKeys = 128;
 template <bool kWgmma>
 constexpr int forward_keys = kWgmma ? kWgmmaForwardKeys : kForwardKeys;
+
+// Warpgroups of a forward block with wgmma: each takes 64 query rows (kMmaQueryTile) and all
+// three share the key and value tiles, so that the block reads each key and value once for
+// 192 queries: a third of the L2 traffic of one warpgroup a block (dense 128K forward: 89.6 ->
+// 79.9 ms on H100).
+template <bool kWgmma>
+constexpr int forward_groups = kWgmma ? 3 : 1;
 static_assert(kMmaQueryTile == 16 * kWarps && kMmaKeyTile == 16 * kWarps);
 
 // Query rows per step of the backward: fewer for D = 128 keeps dk and dv (2 x 64 f32 per
@@ -67,14 +76,24 @@ __device__ __forceinline__ void wait_for_previous_launch() {
 #endif
 }
 
-// Starts copying `rows` compact rows of one head (the first at position pos, then every r)
-// into a shared tile of kRows rows: rows of kD + kPad bf16s for mma.sync, or (kSwizzled, kD
-// = 64) the swizzled 128-byte rows that wgmma reads. Rows beyond the data are zeros, so that
-// no garbage (NaN) reaches a product.
+// A barrier among the 4 warps of warpgroup `group` (0 or 1) of a block; __syncthreads has
+// barrier 0, so the groups take 1 and 2 (constant ids: ptxas then reserves only those).
+__device__ __forceinline__ void sync_group(int group) {
+  if (group == 0) {
+    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+  } else {
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  }
+}
+
+// Starts copying compact rows of one head into a shared tile of kRows rows: tile rows first ..
+// rows - 1 from the compact rows at positions pos, pos + r, ...; rows of kD + kPad bf16s for
+// mma.sync, or (kSwizzled, kD = 64) the swizzled 128-byte rows that wgmma reads. The other
+// rows are zeros, so that no garbage (NaN) reaches a product.
 template <int kRows, int kD, bool kSwizzled = false, int kBlockThreads = kThreads>
 __device__ __forceinline__ void load_tile(bf16* tile, const Operand& op, std::int64_t batch,
                                           int head, std::int64_t pos, std::int64_t r,
-                                          std::int64_t rows) {
+                                          std::int64_t rows, int first = 0) {
   static_assert(!kSwizzled || kD == 64);
   constexpr int kChunks = kD / 8;
   const bf16* base = static_cast<const bf16*>(op.data) + batch * op.sb + pos * op.sn + head * op.sh;
@@ -83,9 +102,9 @@ __device__ __forceinline__ void load_tile(bf16* tile, const Operand& op, std::in
   for (int i = threadIdx.x; i < kRows * kChunks; i += kBlockThreads) {
     const int row = i / kChunks;
     const int c = i % kChunks;
-    const bool valid = row < rows;
+    const bool valid = row < rows && (first == 0 || row >= first);  // the test folds for 0
     const int at = kSwizzled ? wgmma::swizzled(row, 8 * c) / 2 : row * (kD + kPad) + 8 * c;
-    copy16(tile + at, valid ? base + row * stride + 8 * c : base, valid);
+    copy16(tile + at, valid ? base + (row - first) * stride + 8 * c : base, valid);
   }
 }
 
@@ -95,7 +114,8 @@ __device__ __forceinline__ void load_tile(bf16* tile, const Operand& op, std::in
 template <int kD, bool kWgmma>
 constexpr std::size_t forward_shared_bytes() {
   if constexpr (kWgmma) {
-    return static_cast<std::size_t>(kMmaQueryTile + 4 * kWgmmaForwardKeys) * wgmma::kRowBytes +
+    return static_cast<std::size_t>(kMmaQueryTile * forward_groups<true> + 4 * kWgmmaForwardKeys) *
+               wgmma::kRowBytes +
            wgmma::kAlignment;
   }
   return sizeof(bf16) * (kMmaQueryTile + 4 * kForwardKeys) * (kD + kPad);
@@ -133,13 +153,13 @@ __device__ __forceinline__ void store_forward_rows(const float (&o)[kD / 8][4], 
     l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
     const std::int64_t row = warp_row + g + 8 * i;
     const std::int64_t lse_index = (batch * p.heads + head) * p.nq + s.first + row * br.r;
-    lse_old[i] = br.merge && row < s.nq ? lse[lse_index] : -kInf;
+    lse_old[i] = br.merge && row >= 0 && row < s.nq ? lse[lse_index] : -kInf;
   }
   __syncwarp();
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const std::int64_t row = warp_row + g + 8 * i;
-    if (row >= s.nq) continue;
+    if (row < 0 || row >= s.nq) continue;
     const std::int64_t pos = s.first + row * br.r;
     const float lse_new = (m[i] * p.scale_log2 + log2f(l[i])) * kLn2;
     const auto [w_old, w_new, lse_out] = merge_weights(br.merge, lse_old[i], lse_new);
@@ -167,16 +187,22 @@ __device__ __forceinline__ void store_forward_rows(const float (&o)[kD / 8][4], 
 
 // Forward of one branch for one query tile. O is the type out is kept in: bf16 when this
 // launch writes final values, f32 when the branches merge into it. kWgmma (sm_90a, D = 64):
-// the warpgroup's products by wgmma from swizzled tiles, else each warp's by mma.sync.
+// three warpgroups of 64 rows (forward_groups), their products by wgmma from swizzled tiles;
+// else 4 warps of 16 rows, each warp's products by mma.sync. A segment's tiles are counted
+// from its end (tile 0 holds its last rows): the short tile, if any, is the first, which under
+// the causal mask sees the fewest keys, and its rows before the segment are masked.
 // mma.sync: 163 registers for D = 64 (3 blocks a multiprocessor), 220 for D = 128 (2);
-// wgmma: 168 with a few spilled (3 blocks: faster than 186 registers at 2 blocks).
+// wgmma: 168 with 16 bytes spilled (one block of 12 warps a multiprocessor).
 template <class O, int kD, bool kWgmma>
-__global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
+__global__ void __launch_bounds__(kThreads* forward_groups<kWgmma>,
+                                  kWgmma ? 1 : (kD == 128 ? 2 : 3))
     forward_kernel(Operand q, Operand k, Operand v, O* out, float* lse, Problem p, Launch launch) {
   static_assert(!kWgmma || kD == 64);
   if constexpr (kWgmma) require_wgmma();
+  constexpr int kGroups = forward_groups<kWgmma>;
+  constexpr int kBlockThreads = kThreads * kGroups;
   constexpr int kRow = kWgmma ? kD : kD + kPad;  // bf16s a tile row takes
-  constexpr int kRows = kMmaQueryTile;
+  constexpr int kRows = kMmaQueryTile * kGroups;
   constexpr int kKeys = forward_keys<kWgmma>;
   extern __shared__ uint4 shared[];
   bf16* qs = kWgmma ? swizzle_aligned(shared) : reinterpret_cast<bf16*>(shared);
@@ -187,9 +213,10 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
   const Branch br = branch_of(launch, head);
   if (blockIdx.x >= br.segments * br.tiles) return;
   const std::int64_t batch = blockIdx.z;
-  const Segment s = locate(p, br, head, /*reverse=*/true);
-  const std::int64_t a0 = static_cast<std::int64_t>(s.tile) * kRows;
-  if (a0 >= s.nq || s.nk == 0) return;
+  const Segment s = locate(p, br, head, /*reverse=*/false);
+  // The tile's first row; rows before 0 are not the segment's.
+  const std::int64_t a0 = s.nq - static_cast<std::int64_t>(s.tile + 1) * kRows;
+  if (a0 + kRows <= 0 || s.nk == 0) return;
   if (!br.merge) wait_for_previous_launch();
   let_next_launch_start();
   const int warp = static_cast<int>(threadIdx.x / 32);
@@ -197,13 +224,19 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
   const int g = lane / 4;
   const int t = lane % 4;
   const std::int64_t warp_row = a0 + 16 * warp;  // this warp's rows: warp_row + g (+ 8)
+  // The last row of this thread's warpgroup (wgmma) or warp (mma.sync): a step whose keys all
+  // come after it (causal), or any step when it is before the segment, leaves its rows alone.
+  const std::int64_t last_row =
+      kWgmma ? a0 + kMmaQueryTile * (warp / kWarps + 1) - 1 : warp_row + 15;
 
   // Under the causal mask compact query row a sees compact keys 0..a of its segment.
   const std::int64_t key_end = p.causal ? std::min<std::int64_t>(s.nk, a0 + kRows) : s.nk;
   const int steps = static_cast<int>((key_end + kKeys - 1) / kKeys);
-  load_tile<kRows, kD, kWgmma>(qs, q, batch, head, s.first + a0 * br.r, br.r, s.nq - a0);
-  load_tile<kKeys, kD, kWgmma>(ks, k, batch, head, s.first, br.r, s.nk);
-  load_tile<kKeys, kD, kWgmma>(vs, v, batch, head, s.first, br.r, s.nk);
+  const int first = static_cast<int>(std::max<std::int64_t>(-a0, 0));  // tile row of row 0
+  load_tile<kRows, kD, kWgmma, kBlockThreads>(qs, q, batch, head, s.first + (a0 + first) * br.r,
+                                              br.r, s.nq - a0, first);
+  load_tile<kKeys, kD, kWgmma, kBlockThreads>(ks, k, batch, head, s.first, br.r, s.nk);
+  load_tile<kKeys, kD, kWgmma, kBlockThreads>(vs, v, batch, head, s.first, br.r, s.nk);
   commit_copies();
 
   std::uint32_t qf[kD / 16][4];
@@ -218,10 +251,12 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
     const std::int64_t k0 = static_cast<std::int64_t>(step) * kKeys;
     if (step + 1 < steps) {
       const int next = (step + 1) % 2;
-      load_tile<kKeys, kD, kWgmma>(ks + next * kKeys * kRow, k, batch, head,
-                                   s.first + (k0 + kKeys) * br.r, br.r, s.nk - k0 - kKeys);
-      load_tile<kKeys, kD, kWgmma>(vs + next * kKeys * kRow, v, batch, head,
-                                   s.first + (k0 + kKeys) * br.r, br.r, s.nk - k0 - kKeys);
+      load_tile<kKeys, kD, kWgmma, kBlockThreads>(ks + next * kKeys * kRow, k, batch, head,
+                                                  s.first + (k0 + kKeys) * br.r, br.r,
+                                                  s.nk - k0 - kKeys);
+      load_tile<kKeys, kD, kWgmma, kBlockThreads>(vs + next * kKeys * kRow, v, batch, head,
+                                                  s.first + (k0 + kKeys) * br.r, br.r,
+                                                  s.nk - k0 - kKeys);
       commit_copies();
     }
     if (!kWgmma && step == 0) {
@@ -230,19 +265,23 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
         load_matrices(qf[kk], a_address(qs, kRow, 16 * warp, 16 * kk, lane));
       }
     }
-    // Under the causal mask the diagonal's last key tile may lie after all of a warp's rows
-    // (a warpgroup's wgmma needs every warp: there the mask below covers them).
-    if (!kWgmma && p.causal && k0 > warp_row + 15) continue;
+    // Under the causal mask the diagonal's last key tiles may lie after all of a warpgroup's
+    // (warp's) rows; a warpgroup's wgmma needs all its warps, and the masks below cover the
+    // rows of a warp within it.
+    if (last_row < 0 || (p.causal && k0 > last_row)) continue;
     const bf16* kt = ks + (step % 2) * kKeys * kRow;
     const bf16* vt = vs + (step % 2) * kKeys * kRow;
 
     float sc[kKeys / 8][4] = {};
     if constexpr (kWgmma) {
+      // This warpgroup's 64 rows of the query tile.
+      const bf16* group_qs = qs + kMmaQueryTile * (warp / kWarps) * kRow;
       wgmma::fence_operands(sc);
       wgmma::fence();
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
-        wgmma::mma<0, 0>(sc, wgmma::descriptor(qs + 16 * kk), wgmma::descriptor(kt + 16 * kk));
+        wgmma::mma<0, 0>(sc, wgmma::descriptor(group_qs + 16 * kk),
+                         wgmma::descriptor(kt + 16 * kk));
       }
       wgmma::commit_and_wait();
       wgmma::fence_operands(sc);
@@ -263,13 +302,16 @@ __global__ void __launch_bounds__(kThreads, kD == 128 ? 2 : 3)
       if (c >= key_end || c > last_seen + 8 * (e / 2)) x = -kInf;
     });
     if constexpr (kWgmma) {
+      // P as A fragments, all packed before the fence: a register written between two
+      // wgmmas of a batch makes ptxas fence each of them again (C7519).
+      std::uint32_t pa[kKeys / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) wgmma::pack_a(pa[kk], sc, 16 * kk);
       wgmma::fence_operands(o);
       wgmma::fence();
 #pragma unroll
       for (int kk = 0; kk < kKeys / 16; ++kk) {
-        std::uint32_t a[4];
-        wgmma::pack_a(a, sc, 16 * kk);
-        wgmma::mma</*kTransposeB=*/1>(o, a, wgmma::descriptor(vt + 16 * kk * kRow));
+        wgmma::mma</*kTransposeB=*/1>(o, pa[kk], wgmma::descriptor(vt + 16 * kk * kRow));
       }
       wgmma::commit_and_wait();
       wgmma::fence_operands(o);
@@ -451,28 +493,36 @@ __global__ void __launch_bounds__(kThreads* backward_groups<kWgmma>, kD == 128 |
       wgmma::fence_operands(dpt);
       segment_probabilities<kRows>(st, dpt, lse_t, dp_t, a0, warp_key, s, p, br, lane);
       // dV += P^T dO and dK += dS^T Q, the query and output-gradient tiles MN-major as B; dS^T
-      // to its swizzled tile, rows the keys.
-      wgmma::fence_operands(dk_acc);
-      wgmma::fence_operands(dv_acc);
-      wgmma::fence();
+      // to its swizzled tile, rows the keys. P^T and dS^T as A fragments, all packed before
+      // the fence (as in the forward).
+      std::uint32_t pa[kRows / 16][4];
+      std::uint32_t sa[kRows / 16][4];
       unsigned char* ds_bytes = reinterpret_cast<unsigned char*>(dst_s);
 #pragma unroll
       for (int kk = 0; kk < kRows / 16; ++kk) {
-        std::uint32_t pa[4];
-        std::uint32_t sa[4];
-        wgmma::pack_a(pa, st, 16 * kk);
-        wgmma::pack_a(sa, dpt, 16 * kk);
-        wgmma::mma<1>(dv_acc, pa, wgmma::descriptor(dot + 16 * kk * kRow));
-        wgmma::mma<1>(dk_acc, sa, wgmma::descriptor(qt + 16 * kk * kRow));
+        wgmma::pack_a(pa[kk], st, 16 * kk);
+        wgmma::pack_a(sa[kk], dpt, 16 * kk);
+      }
+      wgmma::fence_operands(dk_acc);
+      wgmma::fence_operands(dv_acc);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kRows / 16; ++kk) {
+        wgmma::mma<1>(dv_acc, pa[kk], wgmma::descriptor(dot + 16 * kk * kRow));
+        wgmma::mma<1>(dk_acc, sa[kk], wgmma::descriptor(qt + 16 * kk * kRow));
+      }
+#pragma unroll
+      for (int kk = 0; kk < kRows / 16; ++kk) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int key = 16 * warp + g + 8 * (i % 2);
           const int query = 16 * kk + 2 * t + 8 * (i / 2);
-          *reinterpret_cast<std::uint32_t*>(ds_bytes + wgmma::swizzled(key, query)) = sa[i];
+          *reinterpret_cast<std::uint32_t*>(ds_bytes + wgmma::swizzled(key, query)) = sa[kk][i];
         }
       }
       wgmma::fence_shared_for_tensor_cores();
-      __syncthreads();
+      // Each group's dQ reads only its own keys' rows of dS^T.
+      sync_group(group);
       // dQ = dS K over the group's keys: dS^T is A M-major, the key tile B MN-major.
       zero(dq_acc);
       wgmma::fence_operands(dq_acc);
@@ -631,6 +681,10 @@ bool mma_wgmma(const Problem& p) {
   return wgmma;
 }
 
+int mma_query_tile(const Problem& p) {
+  return kMmaQueryTile * (mma_wgmma(p) ? forward_groups<true> : forward_groups<false>);
+}
+
 int mma_key_tile(const Problem& p) {
   return kMmaKeyTile * (mma_wgmma(p) ? backward_groups<true> : backward_groups<false>);
 }
@@ -650,11 +704,12 @@ void mma_forward(const Problem& p, const Launch& l, dim3 grid, Operand q, Operan
     with_wgmma<kD>([&](auto wgmma) {
       constexpr bool kWgmma = decltype(wgmma)::value;
       constexpr std::size_t shared = forward_shared_bytes<kD, kWgmma>();
+      constexpr unsigned threads = kThreads * forward_groups<kWgmma>;
       if (out_f32) {
-        launch_mma(forward_kernel<float, kD, kWgmma>, grid, kThreads, shared, stream, q, k, v,
+        launch_mma(forward_kernel<float, kD, kWgmma>, grid, threads, shared, stream, q, k, v,
                    static_cast<float*>(out), lse, p, l);
       } else {
-        launch_mma(forward_kernel<bf16, kD, kWgmma>, grid, kThreads, shared, stream, q, k, v,
+        launch_mma(forward_kernel<bf16, kD, kWgmma>, grid, threads, shared, stream, q, k, v,
                    static_cast<bf16*>(out), lse, p, l);
       }
     });
