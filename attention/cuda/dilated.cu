@@ -638,6 +638,12 @@ bool chunks_aligned(std::initializer_list<const Tensor*> outputs) {
   });
 }
 
+// Whether any (query, key) pair exists: else the kernels have nothing to do and the outputs
+// are their empty values only.
+bool has_pairs(const Problem& p, std::int64_t batch) {
+  return p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0;
+}
+
 dim3 grid_of(const Launch& l, std::int64_t batch) {
   LN_CHECK(batch <= 65535 && l.heads <= 65535, "dilated attention on cuda: batch ", batch,
            " and heads ", l.heads, " must each be at most 65535 (grid limits); split the batch");
@@ -732,7 +738,7 @@ void dilated_attention_forward(const Tensor& q, const Tensor& k, const Tensor& v
         merged && out.dtype() != DType::f32 ? empty(out.shape(), {DType::f32, out.device()}) : out;
     // Positions no branch selects keep out = 0 and lse = -inf: written first for the kernels
     // on CUDA cores, alongside the tensor-core kernels' rows for those (write_unselected).
-    const bool work = p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0;
+    const bool work = has_pairs(p, batch);
     float* lse_data = static_cast<float*>(lse.raw_data());
     if (!mma || !work) {
       zero(acc, stream);
@@ -785,7 +791,7 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
     const bool keys_once = mma && (config.mode == DilatedMode::grouped || launches.size() == 1);
     // dq takes atomic additions. dk and dv: zeros first for the kernels on CUDA cores, and
     // alongside the tensor-core kernels' keys where those skip positions (write_unselected).
-    const bool work = p.nq > 0 && p.nk > 0 && batch > 0 && p.heads > 0;
+    const bool work = has_pairs(p, batch);
     auto accumulator = [&](const Tensor& t, bool in_place, bool zeroed) {
       Tensor a = in_place ? t : empty(t.shape(), {DType::f32, t.device()});
       if (zeroed) zero(a, stream);
