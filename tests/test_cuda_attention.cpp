@@ -253,7 +253,7 @@ TEST_SUITE("gpu") {
     }
   }
 
-  TEST_CASE("bf16 results kept in f32 are written in full by the tensor-core kernels") {
+  TEST_CASE("bf16 results, kept in f32 or bf16, are written in full by the tensor-core kernels") {
     // f32 outputs of bf16 inputs are the accumulators themselves, never zeroed first: the
     // first branch's kernels write the rows they select, write_unselected the others (a rate
     // above 1, segments without keys), so any row both missed stays NaN; keys no query sees
@@ -295,14 +295,20 @@ TEST_SUITE("gpu") {
         cuda::dilated_attention_forward(q, k, v, c, scale, out, lse);
         CHECK(relative_error(out, want.out) < testing::kGpuBf16);
         CHECK(relative_error(lse, want.lse) < testing::kGpuBf16);
-        Tensor dq = poisoned(q.shape(), {DType::f32, kGpu});
-        Tensor dk = poisoned(k.shape(), {DType::f32, kGpu});
-        Tensor dv = poisoned(v.shape(), {DType::f32, kGpu});
-        cuda::dilated_attention_backward(q, k, v, to(out, DType::bf16), lse, to(in.dout, kGpu), c,
-                                         scale, 1, dq, dk, dv);
-        CHECK(relative_error(dq, want_grads.dq) < testing::kGpuBf16);
-        CHECK(relative_error(dk, want_grads.dk) < testing::kGpuBf16);
-        CHECK(relative_error(dv, want_grads.dv) < testing::kGpuBf16);
+        // Gradients in f32, and in bf16: where each head has one branch (grouped mode, one
+        // branch) dq is then rounded from its accumulator at the selected rows only, and the
+        // others get zeros.
+        for (DType grad_dtype : {DType::f32, DType::bf16}) {
+          CAPTURE(name(grad_dtype));
+          Tensor dq = poisoned(q.shape(), {grad_dtype, kGpu});
+          Tensor dk = poisoned(k.shape(), {grad_dtype, kGpu});
+          Tensor dv = poisoned(v.shape(), {grad_dtype, kGpu});
+          cuda::dilated_attention_backward(q, k, v, to(out, DType::bf16), lse, to(in.dout, kGpu), c,
+                                           scale, 1, dq, dk, dv);
+          CHECK(relative_error(dq, want_grads.dq) < testing::kGpuBf16);
+          CHECK(relative_error(dk, want_grads.dk) < testing::kGpuBf16);
+          CHECK(relative_error(dv, want_grads.dv) < testing::kGpuBf16);
+        }
       }
     }
   }

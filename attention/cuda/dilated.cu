@@ -405,24 +405,47 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Dp[b, h, n] = sum_c dout[b, n, h, c] out[b, n, h, c]: kDpLanes threads per row, each
-// taking chunks of V elements (V = 8, one 16-byte load, where the rows are aligned), summed
-// by a fixed butterfly. Consecutive row groups take consecutive n, so the writes of Dp
-// coalesce and each group reads its rows' whole cache lines.
+// Whether the branch br of head selects position pos (of the queries when `queries`, else of
+// the keys): a compact row of its segment at the head's offset, and for queries one in a
+// segment that has keys at that offset. narrow: positions and lengths fit 32 bits, whose
+// divisions are cheaper.
+__device__ __forceinline__ bool selects(const Problem& p, const Branch& br, int head,
+                                        std::int64_t pos, bool queries, bool narrow) {
+  const std::int64_t j = br.offset >= 0 ? br.offset : head % br.r;
+  const std::int64_t in_segment =  // pos - t0
+      narrow ? static_cast<std::uint32_t>(pos) % static_cast<std::uint32_t>(br.w) : pos % br.w;
+  const std::int64_t after = in_segment - j;  // past the segment's first selected row
+  return after >= 0 &&
+         (narrow ? static_cast<std::uint32_t>(after) % static_cast<std::uint32_t>(br.r)
+                 : after % br.r) == 0 &&
+         (!queries || pos - in_segment + j < p.nk);
+}
+
+// Dp[b, h, n] = sum_c dout[b, n, h, c] out[b, n, h, c] for the heads of launch l (all of
+// them with selected_only false; else only the rows their branch selects, 0 elsewhere):
+// kDpLanes threads per row, each taking chunks of V elements (V = 8, one 16-byte load,
+// where the rows are aligned), summed by a fixed butterfly. Consecutive row groups take
+// consecutive n, so the writes of Dp coalesce and each group reads its rows' whole cache
+// lines.
 constexpr int kDpLanes = 8;
 
 template <class T, int V>
-__global__ void dp_kernel(Operand out, Operand dout, float* dp, std::int64_t batch, std::int64_t nq,
-                          std::int64_t heads, std::int64_t dv) {
+__global__ void dp_kernel(Operand out, Operand dout, float* dp, Problem p, Launch l,
+                          std::int64_t batch, bool selected_only) {
+  const std::int64_t nq = p.nq;
   const std::int64_t row =
       (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / kDpLanes;
   const int lane = static_cast<int>(threadIdx.x % kDpLanes);
-  const bool valid = row < batch * heads * nq;  // idle lanes still join the shuffles
+  const bool valid = row < batch * l.heads * nq;  // idle lanes still join the shuffles
   const std::int64_t n = row % nq;
-  const std::int64_t h = (row / nq) % heads;
-  const std::int64_t b = row / (heads * nq);
+  const std::int64_t h = l.head_begin + (row / nq) % l.heads;
+  const std::int64_t b = row / (l.heads * nq);
+  const std::int64_t at = (b * p.heads + h) * nq + n;
+  const std::int64_t dv = p.dv;
   float sum = 0;
-  if (valid) {
+  if (valid && (!selected_only ||
+                selects(p, branch_of(l, static_cast<int>(h)), static_cast<int>(h), n,
+                        /*queries=*/true, p.n <= std::numeric_limits<std::uint32_t>::max()))) {
     const T* o = static_cast<const T*>(out.data) + b * out.sb + n * out.sn + h * out.sh;
     const T* g = static_cast<const T*>(dout.data) + b * dout.sb + n * dout.sn + h * dout.sh;
     for (std::int64_t c = lane * V; c < dv; c += kDpLanes * V) {
@@ -437,7 +460,7 @@ __global__ void dp_kernel(Operand out, Operand dout, float* dp, std::int64_t bat
   }
 #pragma unroll
   for (int off = kDpLanes / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  if (valid && lane == 0) dp[row] = sum;
+  if (valid && lane == 0) dp[at] = sum;
 }
 
 template <class T>
@@ -467,16 +490,15 @@ __global__ void convert_kernel(T* dst, const float* src, std::int64_t n) {
   }
 }
 
-// The rows a launch of the tensor-core kernels leaves alone, for the heads it starts (no
-// merging): zeros in rows (contiguous (B, n, H, D) of T, 16-byte aligned, `chunks` 16-byte
-// chunks a row, at most 32) at the positions its branch selects for none of them, and
-// (queries) where the segment has no keys at the head's offset; -inf in lse (B, H, n) there
-// too, when given. A lane per row of the launch's heads, in memory order, decides; the warp
-// then stores its 32 rows' zeros together, 32 / chunks rows a store (consecutive 16-byte
-// chunks). 32-bit index arithmetic where the sizes allow.
+// Zeros in the rows (contiguous (B, n, H, D) of T, 16-byte aligned, `chunks` 16-byte chunks a
+// row, at most 32) of the heads of launch l that its branches select (selected) or do not
+// select (!selected: the rows the tensor-core kernels of a first branch leave alone, and then
+// -inf in lse (B, H, n) there too, when given). A lane per row of the launch's heads, in
+// memory order, decides; the warp then stores its 32 rows' zeros together, 32 / chunks rows a
+// store (consecutive 16-byte chunks). 32-bit index arithmetic where the sizes allow.
 template <class T>
-__global__ void unselected_kernel(T* rows, float* lse, Problem p, Launch l, std::int64_t batch,
-                                  std::int64_t n, int chunks, bool queries) {
+__global__ void zero_rows_kernel(T* rows, float* lse, Problem p, Launch l, std::int64_t batch,
+                                 std::int64_t n, int chunks, bool queries, bool selected) {
   const std::int64_t count = batch * n * l.heads;
   const bool narrow = count <= std::numeric_limits<std::uint32_t>::max();
   const int lane = static_cast<int>(threadIdx.x % 32);
@@ -504,17 +526,7 @@ __global__ void unselected_kernel(T* rows, float* lse, Problem p, Launch l, std:
         b = i / l.heads / n;
       }
       const int head = l.head_begin + static_cast<int>(h);
-      const Branch br = branch_of(l, head);
-      const std::int64_t j = br.offset >= 0 ? br.offset : head % br.r;
-      const std::int64_t in_segment =  // pos - t0
-          narrow ? static_cast<std::uint32_t>(pos) % static_cast<std::uint32_t>(br.w) : pos % br.w;
-      const std::int64_t after = in_segment - j;  // past the segment's first selected row
-      const bool picked =
-          after >= 0 &&
-          (narrow ? static_cast<std::uint32_t>(after) % static_cast<std::uint32_t>(br.r)
-                  : after % br.r) == 0 &&
-          (!queries || pos - in_segment + j < p.nk);
-      gap = !picked;
+      gap = selects(p, branch_of(l, head), head, pos, queries, narrow) == selected;
       row = reinterpret_cast<uint4*>(rows + ((b * n + pos) * p.heads + head) * p.d);
       if (gap && lse != nullptr) lse[(b * p.heads + head) * n + pos] = -kInf;
     }
@@ -525,6 +537,57 @@ __global__ void unselected_kernel(T* rows, float* lse, Problem p, Launch l, std:
       uint4* target = reinterpret_cast<uint4*>(
           __shfl_sync(0xffffffffu, reinterpret_cast<std::uintptr_t>(row), k));
       if (gaps >> k & 1u) target[lane % chunks] = uint4{};
+    }
+  }
+}
+
+// dq (contiguous (B, Nq, H, D) of T, rows of 16-byte multiples) from its f32 accumulator for
+// the heads of launch l, where each head has one branch: the rows that branch selects
+// rounded, zeros in the others (the accumulator is not read there, nor need it be zeroed).
+// A lane per row decides, as in zero_rows_kernel; then D / 8 lanes take a row, 8 elements
+// each (two 16-byte loads, one 16-byte store).
+template <class T>
+__global__ void finish_dq_kernel(T* dq, const float* acc, Problem p, Launch l, std::int64_t batch) {
+  const std::int64_t count = batch * p.nq * l.heads;
+  const bool narrow = p.n <= std::numeric_limits<std::uint32_t>::max();
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int lanes_per_row = static_cast<int>(p.d / 8);
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (std::int64_t w = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / 32;
+       w * 32 < count; w += warps) {
+    const std::int64_t i = w * 32 + lane;  // lane's row: (b Nq + pos) heads + h
+    bool picked = false;
+    std::int64_t at = 0;  // the row's first element
+    if (i < count) {
+      const std::int64_t h = i % l.heads;
+      const std::int64_t pos = i / l.heads % p.nq;
+      const std::int64_t b = i / l.heads / p.nq;
+      const int head = l.head_begin + static_cast<int>(h);
+      picked = selects(p, branch_of(l, head), head, pos, /*queries=*/true, narrow);
+      at = ((b * p.nq + pos) * p.heads + head) * p.d;
+    }
+    const unsigned rows = __ballot_sync(0xffffffffu, i < count);
+    const unsigned picks = __ballot_sync(0xffffffffu, picked);
+    for (int first = 0; first < 32; first += 32 / lanes_per_row) {
+      const int k = first + lane / lanes_per_row;  // the row this lane takes 8 elements of
+      const std::int64_t row = __shfl_sync(0xffffffffu, at, k);
+      if (!(rows >> k & 1u)) continue;
+      const std::int64_t e = row + 8 * (lane % lanes_per_row);
+      struct alignas(sizeof(T) * 8) Out {
+        T v[8];
+      };
+      Out y;
+      if (picks >> k & 1u) {
+        const float4 x0 = *reinterpret_cast<const float4*>(acc + e);
+        const float4 x1 = *reinterpret_cast<const float4*>(acc + e + 4);
+        const float x[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int c = 0; c < 8; ++c) y.v[c] = from_float<T>(x[c]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) y.v[c] = from_float<T>(0.f);
+      }
+      *reinterpret_cast<Out*>(dq + e) = y;
     }
   }
 }
@@ -683,25 +746,31 @@ void with_element(DType dtype, F f) {
   return f(float{});
 }
 
+// Zeros in the rows (f32 or bf16, 16-byte aligned) of launch l's heads that its branches
+// select (selected) or do not; -inf in lse there too when given (queries, !selected).
+void zero_rows(const Launch& l, const Problem& p, std::int64_t batch, const Tensor& rows,
+               float* lse, bool queries, bool selected, cudaStream_t stream) {
+  const std::int64_t n = queries ? p.nq : p.nk;
+  with_element(rows.dtype(), [&](auto element) {
+    using T = decltype(element);
+    const auto chunks = static_cast<int>(p.d * static_cast<std::int64_t>(sizeof(T)) / 16);
+    zero_rows_kernel<T><<<grid_for(batch * n * l.heads), kThreads, 0, stream>>>(
+        static_cast<T*>(rows.raw_data()), lse, p, l, batch, n, chunks, queries, selected);
+  });
+  LN_CUDA_CHECK(cudaGetLastError());
+}
+
 // Writes what the tensor-core kernels leave of out and lse (forward: lse given, queries) or of
 // dk and dv (backward): the rows (f32 or bf16) of the launches that start heads where their
 // branches skip positions (a rate above 1, or queries past the keys).
 void write_unselected(const std::vector<Launch>& launches, const Problem& p, std::int64_t batch,
                       const Tensor& rows, float* lse, cudaStream_t stream) {
   const bool queries = lse != nullptr;
-  const std::int64_t n = queries ? p.nq : p.nk;
   for (const Launch& l : launches) {
     const bool skips = std::any_of(l.branch, l.branch + l.count, [&](const Branch& b) {
       return !b.merge && (b.r > 1 || (queries && p.nk < p.nq));
     });
-    if (!skips) continue;
-    with_element(rows.dtype(), [&](auto element) {
-      using T = decltype(element);
-      const auto chunks = static_cast<int>(p.d * static_cast<std::int64_t>(sizeof(T)) / 16);
-      unselected_kernel<T><<<grid_for(batch * n * l.heads), kThreads, 0, stream>>>(
-          static_cast<T*>(rows.raw_data()), lse, p, l, batch, n, chunks, queries);
-    });
-    LN_CUDA_CHECK(cudaGetLastError());
+    if (skips) zero_rows(l, p, batch, rows, lse, queries, /*selected=*/false, stream);
   }
 }
 
@@ -797,7 +866,15 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
       if (zeroed) zero(a, stream);
       return a;
     };
-    Tensor dq_acc = accumulator(dq, direct, true);
+    // Where each head has one branch, the passes over dq (zeros first, rounding last) take only
+    // the rows it selects (grouped mode at 1M: 46% of them); the rest of dq gets zeros.
+    const bool rows_once = keys_once && !direct && work;
+    Tensor dq_acc = accumulator(dq, direct, !rows_once);
+    if (rows_once) {
+      for (const Launch& l : launches) {
+        zero_rows(l, p, batch, dq_acc, nullptr, /*queries=*/true, /*selected=*/true, stream);
+      }
+    }
     Tensor dk_acc = accumulator(dk, direct || keys_once, !mma || !work);
     Tensor dv_acc = accumulator(dv, direct || keys_once, !mma || !work);
     if (work && mma) {
@@ -805,9 +882,11 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
       write_unselected(launches, p, batch, dv_acc, nullptr, stream);
     }
     if (work) {
+      // Dp of the rows the branches select, where each head has one (0 elsewhere), else of all.
       Tensor dp = empty({batch, p.heads, p.nq}, {DType::f32, q.device()});
-      std::int64_t rows = batch * p.nq * p.heads;
-      auto blocks = static_cast<unsigned>((rows * kDpLanes + kThreads - 1) / kThreads);
+      Launch every{};
+      every.heads = static_cast<int>(p.heads);
+      const std::vector<Launch> dp_launches = rows_once ? launches : std::vector<Launch>{every};
       // 16-byte chunks where every row of both starts 16-byte aligned.
       constexpr int kWide = 16 / sizeof(T);
       const Operand o = operand(out);
@@ -818,13 +897,17 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
                x.sn % kWide == 0 && x.sh % kWide == 0;
       }
       float* dp_data = static_cast<float*>(dp.raw_data());
-      if (wide) {
-        dp_kernel<T, kWide>
-            <<<blocks, kThreads, 0, stream>>>(o, g, dp_data, batch, p.nq, p.heads, p.dv);
-      } else {
-        dp_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(o, g, dp_data, batch, p.nq, p.heads, p.dv);
+      for (const Launch& l : dp_launches) {
+        const std::int64_t rows = batch * p.nq * l.heads;
+        auto blocks = static_cast<unsigned>((rows * kDpLanes + kThreads - 1) / kThreads);
+        if (wide) {
+          dp_kernel<T, kWide>
+              <<<blocks, kThreads, 0, stream>>>(o, g, dp_data, p, l, batch, rows_once);
+        } else {
+          dp_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(o, g, dp_data, p, l, batch, rows_once);
+        }
+        LN_CUDA_CHECK(cudaGetLastError());
       }
-      LN_CUDA_CHECK(cudaGetLastError());
       if (mma) {
         for (const Launch& l : launches) {
           mma_backward(p, l, grid_of(l, batch), operand(q), operand(k), operand(v), operand(dout),
@@ -850,7 +933,16 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
         });
       }
     }
-    if (!direct) convert<T>(dq, dq_acc, stream);
+    if (rows_once) {
+      for (const Launch& l : launches) {
+        finish_dq_kernel<T><<<grid_for(batch * p.nq * l.heads), kThreads, 0, stream>>>(
+            static_cast<T*>(dq.raw_data()), static_cast<const float*>(dq_acc.raw_data()), p, l,
+            batch);
+        LN_CUDA_CHECK(cudaGetLastError());
+      }
+    } else if (!direct) {
+      convert<T>(dq, dq_acc, stream);
+    }
     if (dk_acc.raw_data() != dk.raw_data()) {
       convert<T>(dk, dk_acc, stream);
       convert<T>(dv, dv_acc, stream);
