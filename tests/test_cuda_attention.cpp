@@ -273,9 +273,13 @@ TEST_SUITE("gpu") {
                       DilatedAttentionConfig{{64, 200}, {2, 1}, DilatedMode::paper, causal}},
             std::pair{Dims{1, 300, 140, 3, 64, 64},
                       DilatedAttentionConfig{{100, 300}, {2, 3}, DilatedMode::paper, causal}},
-            std::pair{Dims{2, 300, 140, 3, 64, 64},
-                      DilatedAttentionConfig{
-                          {100, 200, 300}, {1, 2, 3}, DilatedMode::grouped, causal}}}) {
+            std::pair{
+                Dims{2, 300, 140, 3, 64, 64},
+                DilatedAttentionConfig{{100, 200, 300}, {1, 2, 3}, DilatedMode::grouped, causal}},
+            // One branch, offsets by head: segments of 100 at rate 3 (34 rows at offset 0, 33
+            // at 1 and 2), a short last one.
+            std::pair{self_attention(2, 250, 3, 64),
+                      DilatedAttentionConfig{{100}, {3}, DilatedMode::paper, causal}}}) {
         const Dims& dims = test.first;
         const DilatedAttentionConfig& c = test.second;
         INFO(describe_case(dims, c, DType::bf16));

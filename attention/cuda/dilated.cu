@@ -421,46 +421,98 @@ __device__ __forceinline__ bool selects(const Problem& p, const Branch& br, int 
          (!queries || pos - in_segment + j < p.nk);
 }
 
-// Dp[b, h, n] = sum_c dout[b, n, h, c] out[b, n, h, c] for the heads of launch l (all of
-// them with selected_only false; else only the rows their branch selects, 0 elsewhere):
-// kDpLanes threads per row, each taking chunks of V elements (V = 8, one 16-byte load,
-// where the rows are aligned), summed by a fixed butterfly. Consecutive row groups take
-// consecutive n, so the writes of Dp coalesce and each group reads its rows' whole cache
-// lines.
+// The query rows a Dp launch takes, branch by branch of its launch: a head of branch i has
+// rows[i] slots, ceil(w / r) a segment (with an offset, the last of a segment may fall past
+// its end, and then is skipped), and its heads' slots start at start[i] within a batch row of
+// per_batch slots.
+struct DpRows {
+  std::int64_t rows[kMaxBranches];
+  std::int64_t per_segment[kMaxBranches];
+  std::int64_t start[kMaxBranches];
+  std::int64_t per_batch;
+};
+
+DpRows dp_rows(const Launch& l) {
+  DpRows rows{};
+  for (int i = 0; i < l.count; ++i) {
+    const Branch& br = l.branch[i];
+    rows.per_segment[i] = (br.w + br.r - 1) / br.r;
+    rows.rows[i] = br.segments * rows.per_segment[i];
+    rows.start[i] = rows.per_batch;
+    rows.per_batch += br.heads * rows.rows[i];
+  }
+  return rows;
+}
+
+// a / b, in 32 bits where both fit (narrow): those divisions are much cheaper.
+__device__ __forceinline__ std::int64_t quotient(std::int64_t a, std::int64_t b, bool narrow) {
+  return narrow ? static_cast<std::uint32_t>(a) / static_cast<std::uint32_t>(b) : a / b;
+}
+
+// Dp[b, h, n] = sum_c dout[b, n, h, c] out[b, n, h, c] at the query rows that the branches of
+// launch l select (a launch of one branch of rate 1 over every head and row takes them all;
+// the other rows of Dp are left alone). Only those rows are walked, a grid-stride loop of
+// kDpLanes threads a row, each taking chunks of V elements (V = 8, one 16-byte load, where
+// the rows are aligned), summed by a fixed butterfly. Consecutive row groups take a head's
+// consecutive rows, each reading its rows' whole cache lines.
 constexpr int kDpLanes = 8;
 
 template <class T, int V>
-__global__ void dp_kernel(Operand out, Operand dout, float* dp, Problem p, Launch l,
-                          std::int64_t batch, bool selected_only) {
-  const std::int64_t nq = p.nq;
-  const std::int64_t row =
-      (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / kDpLanes;
+__global__ void dp_kernel(Operand out, Operand dout, float* dp, Problem p, Launch l, DpRows rows,
+                          std::int64_t batch) {
+  const std::int64_t total = batch * rows.per_batch;
+  const bool narrow = total <= std::numeric_limits<std::uint32_t>::max() &&
+                      p.n <= std::numeric_limits<std::uint32_t>::max();
   const int lane = static_cast<int>(threadIdx.x % kDpLanes);
-  const bool valid = row < batch * l.heads * nq;  // idle lanes still join the shuffles
-  const std::int64_t n = row % nq;
-  const std::int64_t h = l.head_begin + (row / nq) % l.heads;
-  const std::int64_t b = row / (l.heads * nq);
-  const std::int64_t at = (b * p.heads + h) * nq + n;
-  const std::int64_t dv = p.dv;
-  float sum = 0;
-  if (valid && (!selected_only ||
-                selects(p, branch_of(l, static_cast<int>(h)), static_cast<int>(h), n,
-                        /*queries=*/true, p.n <= std::numeric_limits<std::uint32_t>::max()))) {
-    const T* o = static_cast<const T*>(out.data) + b * out.sb + n * out.sn + h * out.sh;
-    const T* g = static_cast<const T*>(dout.data) + b * dout.sb + n * dout.sn + h * dout.sh;
-    for (std::int64_t c = lane * V; c < dv; c += kDpLanes * V) {
-      struct alignas(sizeof(T) * V) Chunk {
-        T v[V];
-      };
-      const Chunk oc = *reinterpret_cast<const Chunk*>(o + c);
-      const Chunk gc = *reinterpret_cast<const Chunk*>(g + c);
+  // A row's lanes loop together; the warp's other groups may have left.
+  const unsigned group = 0xffu << (threadIdx.x % 32 / kDpLanes * kDpLanes);
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x / kDpLanes;
+  for (std::int64_t i =
+           (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / kDpLanes;
+       i < total; i += stride) {
+    const std::int64_t b = quotient(i, rows.per_batch, narrow);
+    std::int64_t slot = i - b * rows.per_batch;
+    Branch br = l.branch[0];
+    std::int64_t per_head = rows.rows[0];
+    std::int64_t per_segment = rows.per_segment[0];
+    std::int64_t start = 0;
 #pragma unroll
-      for (int e = 0; e < V; ++e) sum += to_float(oc.v[e]) * to_float(gc.v[e]);
+    for (int c = 1; c < kMaxBranches; ++c) {  // constant indices: the tables stay parameters
+      if (c < l.count && slot >= rows.start[c]) {
+        br = l.branch[c];
+        per_head = rows.rows[c];
+        per_segment = rows.per_segment[c];
+        start = rows.start[c];
+      }
     }
-  }
+    slot -= start;
+    const std::int64_t in_branch = quotient(slot, per_head, narrow);
+    const std::int64_t k = slot - in_branch * per_head;
+    const auto h = static_cast<int>(br.head_begin + in_branch);
+    const std::int64_t seg = quotient(k, per_segment, narrow);
+    const std::int64_t j = br.offset >= 0 ? br.offset : h % br.r;
+    const std::int64_t in_segment = j + (k - seg * per_segment) * br.r;
+    const std::int64_t n = seg * br.w + in_segment;
+    // Selected: inside its segment and the sequence, in a segment with keys at this offset.
+    const bool selected = in_segment < br.w && n < p.nq && seg * br.w + j < p.nk;
+    float sum = 0;
+    if (selected) {
+      const T* o = static_cast<const T*>(out.data) + b * out.sb + n * out.sn + h * out.sh;
+      const T* g = static_cast<const T*>(dout.data) + b * dout.sb + n * dout.sn + h * dout.sh;
+      for (std::int64_t c = lane * V; c < p.dv; c += kDpLanes * V) {
+        struct alignas(sizeof(T) * V) Chunk {
+          T v[V];
+        };
+        const Chunk oc = *reinterpret_cast<const Chunk*>(o + c);
+        const Chunk gc = *reinterpret_cast<const Chunk*>(g + c);
 #pragma unroll
-  for (int off = kDpLanes / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  if (valid && lane == 0) dp[at] = sum;
+        for (int e = 0; e < V; ++e) sum += to_float(oc.v[e]) * to_float(gc.v[e]);
+      }
+    }
+#pragma unroll
+    for (int off = kDpLanes / 2; off > 0; off /= 2) sum += __shfl_xor_sync(group, sum, off);
+    if (selected && lane == 0) dp[(b * p.heads + h) * p.nq + n] = sum;
+  }
 }
 
 template <class T>
@@ -593,6 +645,19 @@ __global__ void finish_dq_kernel(T* dq, const float* acc, Problem p, Launch l, s
 }
 
 // ---- launchers ----
+
+// Blocks of kThreads for a grid-stride loop over n threads' work: at most as many as the
+// device holds at once, so none waits for a place and none is launched for little work.
+template <class Kernel>
+unsigned resident_grid(Kernel kernel, std::int64_t n) {
+  int device = 0;
+  int sms = 0;
+  int per_sm = 0;
+  LN_CUDA_CHECK(cudaGetDevice(&device));
+  LN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  LN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  return std::min(grid_for(n, kThreads), static_cast<unsigned>(std::max(sms * per_sm, 1)));
+}
 
 template <class T>
 void fill_value(T* dst, T value, std::int64_t n, cudaStream_t stream) {
@@ -882,10 +947,21 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
       write_unselected(launches, p, batch, dv_acc, nullptr, stream);
     }
     if (work) {
-      // Dp of the rows the branches select, where each head has one (0 elsewhere), else of all.
+      // Dp of the rows the branches select where each head has one (the backward reads no
+      // other), else of all: one branch of rate 1 over every head.
       Tensor dp = empty({batch, p.heads, p.nq}, {DType::f32, q.device()});
       Launch every{};
+      every.count = 1;
       every.heads = static_cast<int>(p.heads);
+      every.branch[0] = Branch{.w = p.n,
+                               .r = 1,
+                               .segments = 1,
+                               .tiles = 1,
+                               .head_begin = 0,
+                               .heads = every.heads,
+                               .offset = 0,
+                               .out_scale = 1.f,
+                               .merge = false};
       const std::vector<Launch> dp_launches = rows_once ? launches : std::vector<Launch>{every};
       // 16-byte chunks where every row of both starts 16-byte aligned.
       constexpr int kWide = 16 / sizeof(T);
@@ -898,15 +974,17 @@ void dilated_attention_backward(const Tensor& q, const Tensor& k, const Tensor& 
       }
       float* dp_data = static_cast<float*>(dp.raw_data());
       for (const Launch& l : dp_launches) {
-        const std::int64_t rows = batch * p.nq * l.heads;
-        auto blocks = static_cast<unsigned>((rows * kDpLanes + kThreads - 1) / kThreads);
+        const DpRows rows = dp_rows(l);
+        auto run = [&](auto kernel) {
+          kernel<<<resident_grid(kernel, batch * rows.per_batch * kDpLanes), kThreads, 0, stream>>>(
+              o, g, dp_data, p, l, rows, batch);
+          LN_CUDA_CHECK(cudaGetLastError());
+        };
         if (wide) {
-          dp_kernel<T, kWide>
-              <<<blocks, kThreads, 0, stream>>>(o, g, dp_data, p, l, batch, rows_once);
+          run(dp_kernel<T, kWide>);
         } else {
-          dp_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(o, g, dp_data, p, l, batch, rows_once);
+          run(dp_kernel<T, 1>);
         }
-        LN_CUDA_CHECK(cudaGetLastError());
       }
       if (mma) {
         for (const Launch& l : launches) {
